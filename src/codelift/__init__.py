@@ -1,0 +1,1 @@
+"""codelift: make small code models better."""

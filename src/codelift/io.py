@@ -1,0 +1,111 @@
+"""Reading and writing artifacts: atomic writes, line-checked JSONL, and the run manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from codelift.errors import CodeliftError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `target`; rename it onto `target` only if the block succeeds.
+
+    Readers therefore see either the old artifact or the complete new one, never half of it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) if is_dir else \
+        target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if is_dir and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; a bad line stops with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodeliftError(f"{path}: file not found.")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CodeliftError(f"{path}, line {lineno}: not valid JSON ({e.msg}); expected one JSON object per line.") from None
+            if not isinstance(obj, dict):
+                raise CodeliftError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}.")
+            yield lineno, obj
+
+
+def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """Yield (location, object) from a JSONL file or a JSON file holding a list of objects."""
+    path = Path(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise CodeliftError(f"{path}: file not found.")
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CodeliftError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        if not isinstance(rows, list):
+            raise CodeliftError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}.")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise CodeliftError(f"{path}, record {i}: expected a JSON object, got {type(row).__name__}.")
+            yield f"{path}, record {i}", row
+    else:
+        for lineno, row in read_jsonl(path):
+            yield f"{path}, line {lineno}", row
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_manifest(config: dict, **extra: Any) -> dict:
+    """What `run.json` records beside every output: config, package versions, git revision."""
+    packages = ["codelift", "torch", "transformers", "peft", "accelerate", "trl", "faiss-cpu",
+                "sentence-transformers", "datasets", "bitsandbytes"]
+    versions = {}
+    for name in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return {"config": config, "versions": versions, "python": platform.python_version(),
+            "git_revision": _git_revision(), **extra}
