@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 
@@ -27,12 +28,24 @@ def strip_fences(text: str) -> str:
     return match.group(1) if match else text
 
 
+def parse_python(code: str) -> ast.Module | None:
+    """The AST of `code`, or None when it does not compile (`ast.parse` alone accepts a
+    `return` outside a function). Silent: datasets are full of invalid escapes that only warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tree = ast.parse(code)
+            compile(tree, "<code>", "exec")
+            return tree
+        except (SyntaxError, ValueError):
+            return None
+
+
 def is_python_code(code: str) -> bool:
     """True when `code` parses and does something: prose such as `Hello` or `42` parses as a
     bare expression, so a program made only of bare names and constants does not count."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    tree = parse_python(code)
+    if tree is None:
         return False
     inert = (ast.Constant, ast.Name, ast.Attribute)
     return any(not (isinstance(node, ast.Expr) and isinstance(node.value, inert)) for node in tree.body)

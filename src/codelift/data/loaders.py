@@ -15,12 +15,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from codelift.data.clean import parse_python
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
 from codelift.io import read_records
 
-MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511),
-               "validation": range(511, 601), "train": range(601, 975)}
+MBPP_SPLITS = {"train": range(601, 975), "validation": range(511, 601),
+               "prompt": range(1, 11), "test": range(11, 511)}
 SPLITS = {"humaneval": ("test",), "mbpp": tuple(MBPP_SPLITS), "mbpp-sanitized": tuple(MBPP_SPLITS),
           "code_alpaca": ("train",)}
 DEFAULT_SPLIT = {"humaneval": "test", "mbpp": "train", "mbpp-sanitized": "train", "code_alpaca": "train"}
@@ -104,10 +105,9 @@ def _require(row: dict, where: str, names: tuple[str, ...], kind: str) -> None:
 
 def _entry_point(code: str, first_test: str) -> str:
     """The function the tests call: the first defined function that the first test mentions."""
-    try:
-        names = [n.name for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef)]
-    except SyntaxError:
-        names = re.findall(r"^def\s+(\w+)", code, re.M)
+    tree = parse_python(code)
+    names = ([n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)] if tree
+             else re.findall(r"^def\s+(\w+)", code, re.M))
     called = [n for n in names if re.search(rf"\b{re.escape(n)}\s*\(", first_test)]
     return (called or names or [""])[0]
 
@@ -147,11 +147,8 @@ def doctest_asserts(prompt: str) -> list[str]:
     asserts = []
     for example in doctest.DocTestParser().get_examples(prompt):
         statement = f"assert {example.source.strip()} == {example.want.strip()}"
-        try:
-            ast.parse(statement)
-        except SyntaxError:
-            continue
-        asserts.append(statement)
+        if parse_python(statement):
+            asserts.append(statement)
     return asserts
 
 

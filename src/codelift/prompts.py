@@ -1,0 +1,61 @@
+"""Every prompt template in one place.
+
+A prompt has two independent choices: its *format* (`raw` completion, the `instruct`
+template used in training, or the model's own `chat` template) and its *context* (nothing,
+ICL examples, RAG hits, or a plan), which is rendered into the prompt as its own part.
+"""
+
+from __future__ import annotations
+
+from codelift.data.task import Task
+
+FORMATS = ("raw", "instruct", "chat")
+INSTRUCTION_HEADER = "### Instruction:\n"
+RESPONSE_HEADER = "### Response:\n"
+CONTEXT_HEADER = "### Context:\n"
+SYSTEM_PROMPT = "You are a helpful coding assistant. Answer with Python code in a ```python block."
+# Where a raw completion of code should stop: the model starts the next top-level thing.
+CODE_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+
+
+def task_instruction(task: Task) -> str:
+    """What the model is asked: complete a given signature, or solve a described problem
+    that its visible tests pin down (function name, argument order)."""
+    if task.prompt_prefix:
+        return f"Complete the following Python function.\n```python\n{task.prompt_prefix.rstrip()}\n```"
+    text = task.instruction.strip()
+    if task.visible_tests:
+        text += "\nYour code should pass these tests:\n" + "\n".join(task.visible_tests)
+    return text
+
+
+def instruct_prompt(instruction: str, context: str = "") -> str:
+    """The training template: instruction, optional context part, then the response header."""
+    parts = [INSTRUCTION_HEADER + instruction.strip() + "\n"]
+    if context:
+        parts.append(CONTEXT_HEADER + context.strip() + "\n")
+    parts.append(RESPONSE_HEADER)
+    return "\n".join(parts)
+
+
+def render_prompt(task: Task, fmt: str, tokenizer=None, context: str = "") -> str:
+    """The prompt text for `task` in format `fmt` with an optional context part."""
+    if fmt == "raw":
+        head = f"{context.strip()}\n\n" if context else ""
+        return head + (task.prompt_prefix or f'"""\n{task.instruction.strip()}\n"""\n')
+    if fmt == "instruct":
+        return instruct_prompt(task_instruction(task), context)
+    if fmt == "chat":
+        return chat_prompt(task_instruction(task), tokenizer, context)
+    raise ValueError(f"unknown prompt format '{fmt}': expected one of {', '.join(FORMATS)}")
+
+
+def chat_prompt(instruction: str, tokenizer, context: str = "") -> str:
+    """The model's own chat template, or a clear error when the tokenizer has none."""
+    from codelift.errors import CodeliftError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise CodeliftError("this model's tokenizer has no chat template; use --format raw or instruct.")
+    user = instruction if not context else f"{CONTEXT_HEADER}{context.strip()}\n\n{instruction}"
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
