@@ -121,6 +121,36 @@ def generate(model: str, prompt: str,
 
 
 @app.command()
+def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded name, folder, .gguf or hub id.")],
+        data: Annotated[str, typer.Option(help="Training tasks (JSONL from `codelift data prepare`).")],
+        out: Annotated[Path, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, plots.")],
+        method: Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")] = None,
+        config: Annotated[Path | None, typer.Option(help="YAML with SFT settings; options given here win.")] = None,
+        validation: Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")] = None,
+        epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+        learning_rate: Annotated[float | None, typer.Option(help="Default depends on the method.")] = None,
+        optimizer: Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")] = None,
+        grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+        max_length: int | None = None, seed: int | None = None,
+        merge: Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")] = False):
+    """Supervised fine-tuning (loss on response tokens only) with full, LoRA, IA3, prompt, prefix or QLoRA.
+
+    Re-running the same command resumes from the last committed checkpoint."""
+    from codelift.config import SFTConfig, load_config
+    from codelift.train.sft import train_sft
+
+    overrides = dict(method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                     learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed)
+    cfg = load_config(SFTConfig, config, overrides)
+    manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
+    if manifest:
+        keys = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
+                "peak_memory_mb")
+        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in keys}))
+
+
+@app.command()
 def run(data_dir: DataDir = None, model: str = "smollm2-135m-instruct",
         out: Annotated[Path, typer.Option(help="Folder for every artifact of the run.")] = Path("runs/default")):
     """The whole recipe on the embedded defaults (so far: prepare model and data, solve one problem)."""

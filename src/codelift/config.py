@@ -1,0 +1,81 @@
+"""Configuration for every stage: pydantic models, YAML in, validated, one clear error out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from codelift.errors import CodeliftError
+
+Method = Literal["full", "lora", "ia3", "prompt", "prefix", "qlora4", "qlora8"]
+METHODS: tuple[str, ...] = Method.__args__
+
+# Learning rates of the PEFT study for code models, per method.
+DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 3e-4, "ia3": 3e-4, "qlora4": 3e-4, "qlora8": 3e-4,
+                         "prompt": 3e-3, "prefix": 3e-2}
+# The QLoRA recipe: r=8, alpha=32 on q/k/v/o, dropout 0.05, cosine, 5% warm-up, accumulation 8,
+# paged 8-bit AdamW (bitsandbytes runs it on CPU too).
+QLORA_PRESET = dict(lora_r=8, lora_alpha=32, lora_dropout=0.05, lr_scheduler="cosine", warmup_ratio=0.05,
+                    grad_accum=8, optimizer="paged_adamw_8bit")
+
+
+class SFTConfig(BaseModel):
+    """Supervised fine-tuning. Fields left unset take the chosen method's preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "lora"
+    learning_rate: float | None = None
+    epochs: float = 5.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    optimizer: Literal["adamw", "adafactor", "paged_adamw_8bit", "adamw_8bit"] = "adamw"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    num_virtual_tokens: int = 20
+    eval_every_epochs: float = 0.2
+    max_length: int = 512
+    group_by_length: bool = True
+    bf16: bool | None = None  # None: on where the hardware has fast bf16
+    seed: int = 42
+
+    def resolved(self) -> SFTConfig:
+        """This config with the method's defaults filled into the fields the user left unset."""
+        preset: dict = {"learning_rate": DEFAULT_LEARNING_RATE[self.method]}
+        if self.method.startswith("qlora"):
+            preset |= QLORA_PRESET
+        chosen = {k: v for k, v in preset.items() if k not in self.model_fields_set or getattr(self, k) is None}
+        return self.model_copy(update=chosen)
+
+
+def load_config(cls: type[BaseModel], path: Path | None, overrides: dict) -> BaseModel:
+    """Build `cls` from a YAML file, then command-line overrides (None means not given)."""
+    values = {}
+    if path is not None:
+        if not path.is_file():
+            raise CodeliftError(f"{path}: config file not found.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark else ""
+            raise CodeliftError(f"{path}{where}: not valid YAML.") from None
+        if not isinstance(values, dict):
+            raise CodeliftError(f"{path}: expected a mapping of settings, got {type(values).__name__}.")
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CodeliftError(f"{path or 'options'}: field '{field}': {first['msg']}.") from None

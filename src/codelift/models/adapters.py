@@ -1,0 +1,77 @@
+"""Parameter-efficient methods: one PEFT config per method, and the loading each one needs.
+
+Quantised methods load the base through bitsandbytes, then `prepare_model_for_kbit_training`,
+then `get_peft_model`, in that order (a no-grad forward before it breaks training on CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codelift.config import SFTConfig
+from codelift.errors import CodeliftError
+
+
+def peft_config(cfg: SFTConfig):
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    task = TaskType.CAUSAL_LM
+    if cfg.method in ("lora", "qlora4", "qlora8"):
+        return LoraConfig(task_type=task, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.target_modules)
+    if cfg.method == "ia3":
+        return IA3Config(task_type=task, target_modules=cfg.target_modules, feedforward_modules=[])
+    if cfg.method == "prompt":
+        return PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
+    return None
+
+
+def quantization_config(method: str):
+    from transformers import BitsAndBytesConfig
+
+    if method == "qlora4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    if method == "qlora8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_for_training(model_path: str, cfg: SFTConfig):
+    """The model ready to train with `cfg.method`: full weights, or a PEFT wrapper."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    quantization = quantization_config(cfg.method)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization)
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = peft_config(cfg)
+    if config is None:
+        return model
+    _check_targets(model, cfg)
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, NotImplementedError, AttributeError, TypeError) as e:
+        raise CodeliftError(f"method '{cfg.method}' cannot apply to {type(model).__name__}: "
+                            f"{str(e).splitlines()[0]}") from None
+
+
+def _check_targets(model, cfg: SFTConfig) -> None:
+    if cfg.method in ("prompt", "prefix"):
+        return
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in cfg.target_modules if t not in names]
+    if missing:
+        raise CodeliftError(f"target_modules {missing} are not modules of {type(model).__name__}; "
+                            f"set target_modules to its attention projections (e.g. {sorted(names)[:8]}).")
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters; quantised 4-bit weights count as their logical size."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
