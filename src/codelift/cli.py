@@ -169,3 +169,7 @@ def main() -> None:
     except CodeliftError as e:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

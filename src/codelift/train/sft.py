@@ -80,7 +80,8 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
     train_set = sft_examples(train_tasks, tokenizer, cfg.max_length)
     val_set = sft_examples(val_tasks, tokenizer, cfg.max_length)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise CodeliftError(f"{data}: no training or validation examples left after encoding.")
+        raise CodeliftError(f"{data}: no training or validation example keeps a response token within "
+                            f"max_length={cfg.max_length}; raise max_length.")
 
     lm = load_for_training(model_path, cfg)
     trainable, total = parameter_counts(lm)
@@ -111,7 +112,7 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
                             train_loss=result.training_loss, steps=trainer.state.global_step,
                             tokens_seen=trainer.state.num_input_tokens_seen,
                             tokens_per_second=speeds[-1] if speeds else None,
-                            peak_memory_mb=peak_memory_mb(), bf16=args.bf16)
+                            peak_memory_mb=peak_memory_mb(), bf16=args.bf16, processes=args.world_size)
     write_json(out / "run.json", manifest)
     return manifest
 
