@@ -147,10 +147,11 @@ def test_sigkilled_run_resumes_to_the_same_weights(tiny_model_dir, train_file, t
 
 
 def test_accelerate_launch_trains_on_two_processes(tiny_model_dir, train_file, tmp_path):
+    """`--multi_gpu` is accelerate's torchrun launcher; without CUDA it runs gloo on CPU processes."""
     config = tmp_path / "sft.yaml"
     config.write_text("method: lora\nmax_steps: 2\nbatch_size: 2\nmax_length: 128\n")
     launcher = str(Path(sys.executable).parent / "accelerate")
-    proc = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "codelift.cli", "sft",
                            "--model", str(tiny_model_dir), "--data", str(train_file), "--out", str(tmp_path / "ddp"),
                            "--config", str(config)], env=SINGLE_THREAD, capture_output=True, text=True, timeout=300)

@@ -57,7 +57,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         optim=OPTIMIZERS[cfg.optimizer], weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, save_total_limit=2,
+        eval_strategy="steps", eval_steps=every, eval_on_start=True, save_strategy="steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=1, report_to="none", bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
