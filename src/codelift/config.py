@@ -44,6 +44,7 @@ class SFTConfig(BaseModel):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
     num_virtual_tokens: int = 20
     eval_every_epochs: float = 0.2
+    eval_before_training: bool = True  # the "before" validation loss, at step 0
     max_length: int = 512
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16

@@ -23,7 +23,7 @@ from codelift.errors import CodeliftError
 from codelift.io import atomic_path, run_manifest, write_json, write_jsonl
 from codelift.models.adapters import load_for_training, parameter_counts
 from codelift.models.load import load_tokenizer, prepare_model
-from codelift.train.checkpoints import CommitCheckpoints, last_committed_checkpoint
+from codelift.train.callbacks import CommitCheckpoints, Throughput, last_committed_checkpoint
 from codelift.train.data import sft_examples
 
 OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "paged_adamw_8bit": "paged_adamw_8bit",
@@ -57,7 +57,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         optim=OPTIMIZERS[cfg.optimizer], weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        eval_strategy="steps", eval_steps=every, eval_on_start=True, save_strategy="steps", save_steps=every, save_total_limit=2,
+        eval_strategy="steps", eval_steps=every, eval_on_start=cfg.eval_before_training, save_strategy="steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=1, report_to="none", bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -86,9 +86,10 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
     lm = load_for_training(model_path, cfg)
     trainable, total = parameter_counts(lm)
     args = training_arguments(cfg, out, len(train_set), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    throughput = Throughput()
     trainer = Trainer(model=lm, args=args, train_dataset=train_set, eval_dataset=val_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
-                      callbacks=[CommitCheckpoints()])
+                      callbacks=[CommitCheckpoints(), throughput])
     result = trainer.train(resume_from_checkpoint=last_committed_checkpoint(out / "checkpoints"))
     final_eval = trainer.evaluate()
 
@@ -104,14 +105,13 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
     history = trainer.state.log_history
     write_jsonl(out / "metrics.jsonl", history)
     plot_losses(history, out / "loss.png", title=f"SFT ({cfg.method}) on {Path(data).name}")
-    speeds = [h["train_tokens_per_second"] for h in history if "train_tokens_per_second" in h]
     manifest = run_manifest(cfg.model_dump(), stage="sft", model=model, data=data, validation=validation,
                             trainable_parameters=trainable, total_parameters=total,
                             best_checkpoint=trainer.state.best_model_checkpoint,
                             best_validation_loss=trainer.state.best_metric, final_validation_loss=final_eval["eval_loss"],
                             train_loss=result.training_loss, steps=trainer.state.global_step,
                             tokens_seen=trainer.state.num_input_tokens_seen,
-                            tokens_per_second=speeds[-1] if speeds else None,
+                            tokens_per_second=throughput.tokens_per_second(trainer.state),
                             peak_memory_mb=peak_memory_mb(), bf16=args.bf16, processes=args.world_size)
     write_json(out / "run.json", manifest)
     return manifest

@@ -1,6 +1,6 @@
-"""Crash-safe checkpoints on top of the Hugging Face Trainer.
+"""Trainer callbacks: crash-safe checkpoints and honest throughput.
 
-The Trainer writes `checkpoint-N/` file by file. A marker written after the last file commits the
+Checkpoints. The Trainer writes `checkpoint-N/` file by file. A marker written after the last file commits the
 checkpoint; on restart, uncommitted folders (a run killed mid-save) are removed and training
 resumes from the newest committed one.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -38,3 +39,24 @@ def last_committed_checkpoint(folder: Path) -> str | None:
         elif int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(path, ignore_errors=True)
     return str(max(committed)[1]) if committed else None
+
+
+class Throughput(TrainerCallback):
+    """Tokens per second of optimizer steps alone: evaluation, checkpointing and start-up are
+    left out, so runs with different evaluation schedules compare fairly."""
+
+    def __init__(self):
+        self.seconds, self.tokens_at_start, self._began = 0.0, 0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_at_start = state.num_input_tokens_seen  # tokens restored by a resume
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._began
+
+    def tokens_per_second(self, state) -> float | None:
+        tokens = state.num_input_tokens_seen - self.tokens_at_start
+        return tokens / self.seconds if self.seconds else None

