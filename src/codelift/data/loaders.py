@@ -165,3 +165,13 @@ def load_file(path: str | os.PathLike, fields: dict[str, str]) -> list[Task]:
         mapped.setdefault("task_id", f"{path.stem}/{i}")
         tasks.append(Task.from_dict(mapped, where))
     return tasks
+
+
+def load_sources(specs: Iterable[str], data_dir=None) -> list[Task]:
+    """Tasks from specs such as `mbpp:train,prompt` (a source and its splits) or a file path."""
+    tasks = []
+    for spec in specs:
+        source, _, splits = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+        for split in splits.split(",") if splits else [None]:
+            tasks += load_tasks(source, split, data_dir=data_dir)
+    return tasks

@@ -23,6 +23,8 @@ from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import extract_code, generate
 from codelift.io import run_manifest, write_json, write_jsonl
 from codelift.prompts import CODE_STOP_SEQUENCES, render_prompt
+from codelift.rag.context import check_context, task_contexts
+from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test")}
@@ -46,6 +48,9 @@ class EvalConfig:
     seed: int = 42
     codebleu: bool = True
     kl_teacher: str | None = None
+    context: str = "none"  # none, icl or rag
+    examples: int = 3  # ICL examples or RAG hits
+    index: str | None = None  # the knowledge base's index folder (ICL draws from its documents)
 
 
 def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
@@ -82,7 +87,7 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         changed = [k for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature", "max_new_tokens",
-                               "seed") if before.get(k) != asdict(cfg)[k]]
+                               "seed", "context", "examples", "index") if before.get(k) != asdict(cfg)[k]]
         if changed:
             raise CodeliftError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
                                 f"use another --out or remove it.")
@@ -99,19 +104,25 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
     missing = [t for t in tasks if t.task_id not in have]
     if not missing:
         return done
+    retriever = load_index(cfg.index) if cfg.index else None
+    check_context(cfg.context, cfg.examples, retriever)
     model, tokenizer = load_model(cfg.model)
     fmt = MODES[cfg.mode]
     stop = CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
     for start in track(range(0, len(missing), cfg.batch_size), description=f"generating ({len(missing)} tasks)"):
         batch = missing[start:start + cfg.batch_size]
-        results = generate(model, tokenizer, [render_prompt(t, fmt, tokenizer) for t in batch],
+        contexts = task_contexts(batch, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
+        results = generate(model, tokenizer, [render_prompt(t, fmt, tokenizer, c.text) for t, c in zip(batch, contexts)],
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, n=cfg.n_samples,
                            stop=stop, batch_size=cfg.batch_size, seed=cfg.seed + start, progress=False)
         rows = [{"task_id": task.task_id, "sample": i, "raw": text,
                  "completion": text if fmt == "raw" else extract_code(text),
                  "generation_seconds": round(result.seconds / cfg.n_samples, 4),
-                 "new_tokens": result.new_tokens // cfg.n_samples}
-                for task, result in zip(batch, results) for i, text in enumerate(result.completions)]
+                 "new_tokens": result.new_tokens // cfg.n_samples, "context_ids": context.example_ids,
+                 "retrieval_embed_seconds": round(context.embed_seconds, 5),
+                 "retrieval_search_seconds": round(context.search_seconds, 6),
+                 "dropped_self_hits": context.dropped_self_hits}
+                for task, result, context in zip(batch, results, contexts) for i, text in enumerate(result.completions)]
         append_rows(log, rows)
         done += rows
     return done
@@ -126,7 +137,14 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
     generations = generate_samples(cfg, tasks, out / "generations.jsonl")
     rows, summary = judge_samples(tasks, generations, out, cfg)
     summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
-                   wall_seconds=round(time.monotonic() - began, 1))
+                   context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
+    if cfg.context != "none":
+        first = [r for r in rows if r["sample"] == 0]
+        summary["examples"] = cfg.examples
+        summary["dropped_self_hits"] = sum(r["dropped_self_hits"] for r in first)
+        summary["retrieval_ms_per_task"] = round(1000 * sum(r["retrieval_embed_seconds"] + r["retrieval_search_seconds"]
+                                                            for r in first) / len(first), 2)
+        summary["generation_ms_per_task"] = round(1000 * sum(r["generation_seconds"] for r in first) / len(first), 1)
     if cfg.kl_teacher:
         summary["kl_to_teacher"] = teacher_kl(cfg.model, cfg.kl_teacher, tasks)
     write_jsonl(out / "samples.jsonl", rows)
