@@ -229,12 +229,14 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
 
 
 @app.command()
-def run(data_dir: DataDir = None, model: str = "smollm2-135m-instruct",
+def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig; omitted: the embedded defaults.")] = None,
+        data_dir: DataDir = None,
         out: Annotated[Path, typer.Option(help="Folder for every artifact of the run.")] = Path("runs/default")):
-    """The whole recipe on the embedded defaults (so far: prepare model and data, solve one problem)."""
+    """The whole recipe: data, SFT, index, and the base / SFT / SFT+RAG evaluation table."""
+    from codelift.config import RunConfig, load_config
     from codelift.pipeline import run_pipeline
 
-    run_pipeline(model=model, data_dir=data_dir, out=out, console=console)
+    run_pipeline(load_config(RunConfig, config, {}), out, data_dir=data_dir, console=console)
 
 
 def main() -> None:

@@ -59,6 +59,24 @@ class SFTConfig(BaseModel):
         return self.model_copy(update=chosen)
 
 
+class RunConfig(BaseModel):
+    """`codelift run`: the recipe end to end. The defaults are a few-minute demonstration on the
+    embedded model; raise `sft.max_steps` / `sft.epochs` and `eval_limit` for a real run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "smollm2-135m-instruct"
+    train: list[str] = ["mbpp:train", "code_alpaca:train"]
+    validation: str = "mbpp:validation"
+    sft: SFTConfig = SFTConfig(method="lora", max_steps=20, eval_every_epochs=0.05)
+    knowledge_base: list[str] = ["mbpp:train,prompt"]
+    benchmark: str = "mbpp"
+    split: str = "validation"
+    mode: Literal["plain", "instruct", "chat"] = "instruct"
+    eval_limit: int | None = 20
+    examples: int = 3
+
+
 def load_config(cls: type[BaseModel], path: Path | None, overrides: dict) -> BaseModel:
     """Build `cls` from a YAML file, then command-line overrides (None means not given)."""
     values = {}
