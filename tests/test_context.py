@@ -58,3 +58,17 @@ def test_rag_eval_reports_dropped_self_hits_and_retrieval_time(tiny_model_dir, k
     for row in rows:
         assert len(row["context_ids"]) == 3 and row["task_id"] not in row["context_ids"]
         assert row["retrieval_search_seconds"] > 0 and row["retrieval_embed_seconds"] > 0
+
+
+def test_generate_puts_retrieved_examples_before_the_prompt(tiny_model_dir, kb_index):
+    from typer.testing import CliRunner
+
+    from codelift.cli import app
+
+    result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "Write a python function to find minimum sum "
+                                      "of factors of a given number.", "--context", "rag", "--index", str(kb_index),
+                                      "--examples", "2", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    context_line = [line for line in result.output.splitlines() if line.startswith("context:")][0]
+    ids = context_line.removeprefix("context: ").split(", ")
+    assert len(ids) == 2 and "mbpp/511" not in ids  # the identical problem text is never its own example

@@ -141,16 +141,29 @@ def index_query(index_dir: Path, text: str, k: Annotated[int, typer.Option("-k",
 @app.command()
 def generate(model: str, prompt: str,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
-             max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0):
+             max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+             context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
+             examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
+             index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None):
     """Print a completion of PROMPT and the generation speed."""
+    from codelift.data import Task
     from codelift.generate import generate as run_generation
     from codelift.models import load_model
     from codelift.prompts import chat_prompt
+    from codelift.rag import load_index
+    from codelift.rag.context import task_contexts
 
+    retriever = load_index(index) if index else None
+    [found] = task_contexts([Task("prompt", prompt, "")], context, examples, retriever, "chat" if chat else "raw")
     lm, tokenizer = load_model(model)
-    text = chat_prompt(prompt, tokenizer) if chat else prompt
+    if chat:
+        text = chat_prompt(prompt, tokenizer, found.text)
+    else:
+        text = f"{found.text}\n\n{prompt}" if found.text else prompt
     result = run_generation(lm, tokenizer, [text], max_new_tokens=max_new_tokens, temperature=temperature)[0]
     console.print(result.completions[0], markup=False, highlight=False)
+    if found.example_ids:
+        console.print(f"[dim]context: {', '.join(found.example_ids)}")
     console.print(f"[dim]{result.new_tokens} tokens in {result.seconds:.1f} s "
                   f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
 
