@@ -47,7 +47,8 @@ def split_validation(tasks: list, seed: int, fraction: float = 0.05) -> tuple[li
     return [t for i, t in enumerate(tasks) if i not in held], [t for i, t in enumerate(tasks) if i in held]
 
 
-def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: int) -> TrainingArguments:
+def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: int,
+                       resuming: bool) -> TrainingArguments:
     steps_per_epoch = math.ceil(train_size / (cfg.batch_size * cfg.grad_accum * world_size))
     every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
     bf16 = fast_bf16() if cfg.bf16 is None else cfg.bf16
@@ -57,7 +58,8 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         optim=OPTIMIZERS[cfg.optimizer], weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        eval_strategy="steps", eval_steps=every, eval_on_start=cfg.eval_before_training, save_strategy="steps", save_steps=every, save_total_limit=2,
+        eval_strategy="steps", eval_steps=every, eval_on_start=cfg.eval_before_training and not resuming,
+        save_strategy="steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=1, report_to="none", bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -85,12 +87,14 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
 
     lm = load_for_training(model_path, cfg)
     trainable, total = parameter_counts(lm)
-    args = training_arguments(cfg, out, len(train_set), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    resume = last_committed_checkpoint(out / "checkpoints")
+    args = training_arguments(cfg, out, len(train_set), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                              resuming=resume is not None)
     throughput = Throughput()
     trainer = Trainer(model=lm, args=args, train_dataset=train_set, eval_dataset=val_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
                       callbacks=[CommitCheckpoints(), throughput])
-    result = trainer.train(resume_from_checkpoint=last_committed_checkpoint(out / "checkpoints"))
+    result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate()
 
     if not trainer.is_world_process_zero():
