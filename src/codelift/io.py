@@ -25,8 +25,11 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) if is_dir else \
-        target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is an ordinary folder
+    else:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         if is_dir and target.exists():
