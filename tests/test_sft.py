@@ -158,3 +158,17 @@ def test_accelerate_launch_trains_on_two_processes(tiny_model_dir, train_file, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert manifest["steps"] == 2 and manifest["processes"] == 2
+
+
+def test_length_grouped_order_depends_on_seed_and_epoch_only():
+    from codelift.train.sft import EpochSeededLengthGroupedSampler
+
+    lengths = [5, 90, 12, 40, 7, 63, 21, 88, 30, 3, 55, 14]
+    first = EpochSeededLengthGroupedSampler(4, lengths, seed=42)
+    first.set_epoch(1)
+    torch.rand(100)  # an evaluation between epochs draws from the global RNG
+    resumed = EpochSeededLengthGroupedSampler(4, lengths, seed=42)
+    resumed.set_epoch(1)
+    assert list(first) == list(resumed) and sorted(first) == list(range(12))
+    resumed.set_epoch(2)
+    assert list(resumed) != list(first)

@@ -21,8 +21,7 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> di
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels,
-            "length": len(input_ids)}
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
 def sft_examples(tasks: Sequence[Task], tokenizer, max_length: int):

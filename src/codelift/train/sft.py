@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from codelift.config import SFTConfig
 from codelift.data import load_tasks
@@ -63,7 +64,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=1, report_to="none", bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        length_column_name="length", include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
 
 
 def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: str | None = None,
@@ -91,7 +92,7 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
     args = training_arguments(cfg, out, len(train_set), world_size=int(os.environ.get("WORLD_SIZE", "1")),
                               resuming=resume is not None)
     throughput = Throughput()
-    trainer = Trainer(model=lm, args=args, train_dataset=train_set, eval_dataset=val_set,
+    trainer = SeededOrderTrainer(model=lm, args=args, train_dataset=train_set, eval_dataset=val_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
                       callbacks=[CommitCheckpoints(), throughput])
     result = trainer.train(resume_from_checkpoint=resume)
@@ -172,3 +173,27 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches in an order drawn from (seed, epoch) alone. The stock sampler draws
+    from the global RNG, which evaluations consume too, so a resumed run would see other batches."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls this at every epoch start
+        self.generator.manual_seed(self.seed + epoch)
+
+
+class SeededOrderTrainer(Trainer):
+    """The Hugging Face Trainer with a resumable length-grouped order."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                               [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
