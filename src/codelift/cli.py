@@ -42,7 +42,7 @@ def _table(title: str, rows: dict, column: str = "value") -> Table:
     table.add_column("")
     table.add_column(column, justify="right")
     for key, value in rows.items():
-        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(str(key), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
     return table
 
 
