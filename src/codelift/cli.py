@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -257,6 +258,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars drown the command's own output
+    # bitsandbytes asks for a hub-downloaded CPU kernel at import and warns on every command without
+    # it; its built-in CPU path is what runs, so the warning is noise here.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         app()
     except CodeliftError as e:
