@@ -19,11 +19,11 @@ def kb_index(tmp_path_factory, data_dir):
     return out
 
 
-def test_rag_prompt_has_instruction_context_and_response_in_that_order(kb_index, data_dir):
+def test_rag_prompt_has_context_instruction_and_response_in_that_order(kb_index, data_dir):
     task = load_tasks("mbpp", "validation", data_dir=data_dir)[0]
     [context] = task_contexts([task], "rag", 2, load_index(kb_index), "instruct")
     prompt = render_prompt(task, "instruct", context=context.text)
-    parts = [prompt.index(INSTRUCTION_HEADER), prompt.index(CONTEXT_HEADER), prompt.index(RESPONSE_HEADER)]
+    parts = [prompt.index(CONTEXT_HEADER), prompt.index(INSTRUCTION_HEADER), prompt.index(RESPONSE_HEADER)]
     assert parts == sorted(parts) and prompt.endswith(RESPONSE_HEADER)
     assert prompt.count("<example ") == 2 and prompt.count("</example>") == 2
     assert task.task_id not in context.example_ids and context.dropped_self_hits == 1
