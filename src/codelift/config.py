@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codelift.errors import CodeliftError
 
@@ -47,6 +47,8 @@ class SFTConfig(BaseModel):
     max_length: int = 512
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16
+    loss_chunk_size: int = 1024  # response tokens whose logits exist at once
+    report_to: Literal["none", "tensorboard", "trackio", "wandb", "mlflow"] = "none"
     seed: int = 42
 
     def resolved(self) -> SFTConfig:
@@ -56,6 +58,23 @@ class SFTConfig(BaseModel):
             preset |= QLORA_PRESET
         chosen = {k: v for k, v in preset.items() if k not in self.model_fields_set or getattr(self, k) is None}
         return self.model_copy(update=chosen)
+
+
+class DistillConfig(SFTConfig):
+    """Knowledge distillation: every SFT setting, plus the teacher signal and how it is mixed.
+
+    Loss per response token = alpha * T^2 * D(p_teacher^T || p_student^T) + (1 - alpha) * CE.
+    """
+
+    mode: Literal["logit", "sequence", "on-policy"] = "logit"
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    beta: float = Field(0.5, ge=0, le=1)  # jsd mixture weight; 0 / 1 are forward / reverse KL
+    cache_tail: Literal["bucket", "renormalize"] = "bucket"  # how a top-k cache treats the rest
+    lmbda: float = Field(0.5, ge=0, le=1)  # on-policy: fraction of steps on the student's own samples
+    max_new_tokens: int = 256  # sequence and on-policy generation
+    filter_by_tests: bool = False  # sequence: keep only teacher answers that pass the task's tests
 
 
 class RunConfig(BaseModel):
