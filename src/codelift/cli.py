@@ -21,6 +21,9 @@ app.add_typer(data_app, name="data")
 index_app = typer.Typer(help="Build and query FAISS indexes of a code knowledge base (for RAG).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
+distill_app = typer.Typer(help="Knowledge distillation from a teacher: logit KD (online or from a top-k cache), "
+                               "sequence-level or on-policy.")
+app.add_typer(distill_app, name="distill")
 console = Console(emoji=False)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
@@ -169,19 +172,27 @@ def generate(model: str, prompt: str,
                   f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
 
 
+# Training options shared by every training stage (sft, distill): the same flags, the same meaning.
+Method = Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")]
+ConfigFile = Annotated[Path | None, typer.Option(help="YAML with the stage's settings; options given here win.")]
+Validation = Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")]
+LearningRate = Annotated[float | None, typer.Option(help="Default depends on the method.")]
+Optimizer = Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")]
+Merge = Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")]
+ReportTo = Annotated[str | None, typer.Option(help="Experiment tracking: none, tensorboard, trackio, wandb or mlflow.")]
+TRAINING_KEYS = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
+                 "peak_memory_mb")
+
+
 @app.command()
 def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded name, folder, .gguf or hub id.")],
         data: Annotated[str, typer.Option(help="Training tasks (JSONL from `codelift data prepare`).")],
         out: Annotated[Path, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, plots.")],
-        method: Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")] = None,
-        config: Annotated[Path | None, typer.Option(help="YAML with SFT settings; options given here win.")] = None,
-        validation: Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")] = None,
+        method: Method = None, config: ConfigFile = None, validation: Validation = None,
         epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
-        learning_rate: Annotated[float | None, typer.Option(help="Default depends on the method.")] = None,
-        optimizer: Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")] = None,
+        learning_rate: LearningRate = None, optimizer: Optimizer = None,
         grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
-        max_length: int | None = None, seed: int | None = None,
-        merge: Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")] = False):
+        max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
     """Supervised fine-tuning (loss on response tokens only) with full, LoRA, IA3, prompt, prefix or QLoRA.
 
     Re-running the same command resumes from the last committed checkpoint."""
@@ -190,13 +201,72 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
 
     overrides = dict(method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                      learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed)
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     report_to=report_to)
     cfg = load_config(SFTConfig, config, overrides)
     manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
     if manifest:
-        keys = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
-                "peak_memory_mb")
-        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in keys}))
+        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in TRAINING_KEYS}))
+
+
+@distill_app.callback(invoke_without_command=True)
+def distill(ctx: typer.Context,
+            student: Annotated[str | None, typer.Option(help="Student: model name, folder, or an SFT run folder (its merged model).")] = None,
+            data: Annotated[str | None, typer.Option(help="Training tasks (JSONL from `codelift data prepare`).")] = None,
+            out: Annotated[Path | None, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, loss.png, kl.png.")] = None,
+            teacher: Annotated[str | None, typer.Option(help="Teacher model (same tokenizer as the student for logit KD).")] = None,
+            teacher_cache: Annotated[str | None, typer.Option(help="Train from a top-k cache (`codelift distill cache`) instead of a loaded teacher.")] = None,
+            mode: Annotated[str | None, typer.Option(help="logit (default), sequence (teacher answers, any tokenizers) or on-policy (GKD).")] = None,
+            temperature: Annotated[float | None, typer.Option(help="KD temperature T (default 2.0); the KD term is scaled by T^2.")] = None,
+            alpha: Annotated[float | None, typer.Option(help="Weight of the KD term; 1 - alpha weighs CE (default 0.5).")] = None,
+            divergence: Annotated[str | None, typer.Option(help="forward KL(T||S), reverse KL(S||T) or jsd (default forward).")] = None,
+            beta: Annotated[float | None, typer.Option(help="JSD mixture weight; 0 / 1 are forward / reverse KL (default 0.5).")] = None,
+            lmbda: Annotated[float | None, typer.Option(help="on-policy: fraction of steps on the student's own samples (default 0.5).")] = None,
+            filter_by_tests: Annotated[bool | None, typer.Option(help="sequence: keep only teacher answers that pass the task's tests.")] = None,
+            method: Method = None, config: ConfigFile = None, validation: Validation = None,
+            epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+            learning_rate: LearningRate = None, optimizer: Optimizer = None,
+            grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+            max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+    """Knowledge distillation: alpha * T^2 * D(teacher || student) + (1 - alpha) * CE on response tokens.
+
+    Every SFT option applies. Re-running the same command resumes. `codelift distill cache` runs the
+    teacher once and stores its top-k distribution for `--teacher-cache`."""
+    if ctx.invoked_subcommand:
+        return
+    from codelift.config import DistillConfig, load_config
+    from codelift.train.distill import train_distill
+
+    missing = [flag for flag, value in (("--student", student), ("--data", data), ("--out", out)) if value is None]
+    if missing:
+        raise CodeliftError(f"distill needs {', '.join(missing)}; see `codelift distill --help`.")
+    overrides = dict(mode=mode, temperature=temperature, alpha=alpha, divergence=divergence, beta=beta, lmbda=lmbda,
+                     filter_by_tests=filter_by_tests, method=method, epochs=epochs, max_steps=max_steps,
+                     batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     report_to=report_to)
+    cfg = load_config(DistillConfig, config, overrides)
+    manifest = train_distill(teacher, student, data, out, cfg, validation=validation, merge=merge,
+                             teacher_cache=teacher_cache)
+    if manifest:
+        keys = TRAINING_KEYS + tuple(k for k in ("heldout_kl_before", "heldout_kl_after") if k in manifest)
+        console.print(_table(f"distill ({cfg.mode}) -> {out}", {k: manifest[k] for k in keys}))
+
+
+@distill_app.command("cache")
+def distill_cache(teacher: Annotated[str, typer.Option(help="Teacher model.")],
+                  data: Annotated[str, typer.Option(help="The tasks the student will train on (same file as distill --data).")],
+                  out: Annotated[Path, typer.Option(help="Cache folder (shards + manifest.json); re-running resumes.")],
+                  top_k: Annotated[int, typer.Option(help="Teacher tokens kept per position.")] = 32,
+                  batch_size: int = 8, max_length: Annotated[int, typer.Option(help="Must equal the distill run's max_length.")] = 512,
+                  log_prob_dtype: Annotated[str, typer.Option(help="float16 (default) or float32.")] = "float16"):
+    """Run the teacher once over the response tokens of DATA and store its top-k log-probabilities."""
+    from codelift.train.teacher_cache import build_teacher_cache
+
+    manifest = build_teacher_cache(teacher, data, out, top_k=top_k, batch_size=batch_size, max_length=max_length,
+                                   log_prob_dtype=log_prob_dtype)
+    console.print(_table(f"teacher cache -> {out}", {k: manifest[k] for k in ("examples", "tokens", "top_k", "bytes",
+                                                                               "bytes_per_token")}))
 
 
 @app.command("eval")

@@ -156,9 +156,11 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
 def teacher_kl(student_name: str, teacher_name: str, tasks: list[Task]) -> float:
     from codelift.evaluate.kl import kl_to_teacher
     from codelift.models import load_model
+    from codelift.train.distill import check_same_vocabulary
 
     student, tokenizer = load_model(student_name)
-    teacher, _ = load_model(teacher_name)
+    teacher, teacher_tokenizer = load_model(teacher_name)
+    check_same_vocabulary(teacher_tokenizer, tokenizer, teacher_name, student_name)
     return kl_to_teacher(student, teacher, tokenizer, tasks)
 
 

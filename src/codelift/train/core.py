@@ -27,7 +27,6 @@ from codelift.io import atomic_path, run_manifest, write_jsonl
 from codelift.models.adapters import parameter_counts
 from codelift.train.callbacks import CommitCheckpoints, Throughput, last_committed_checkpoint
 from codelift.train.data import IGNORE_INDEX, sft_examples
-from codelift.train.losses import chunked_sums, cross_entropy_sum
 
 OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "paged_adamw_8bit": "paged_adamw_8bit",
               "adamw_8bit": "adamw_bnb_8bit"}
@@ -67,48 +66,6 @@ def training_sets(data: str, validation: str | None, tokenizer, cfg: SFTConfig):
         raise CodeliftError(f"{data}: no training or validation example keeps a response token within "
                             f"max_length={cfg.max_length}; raise max_length.")
     return train_set, val_set
-
-
-# --- the loss at response positions --------------------------------------------------------------
-
-def response_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states at the positions that predict a response token, and those tokens.
-
-    The model computes logits for one position only (`logits_to_keep=1`); callers project the
-    [tokens, hidden] states through the head in chunks, so no [batch, seq, vocab] tensor exists.
-    Prompt tuning prepends virtual tokens, so positions are aligned from the right.
-    """
-    labels = batch["labels"]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, -labels.shape[1]:-1]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    return hidden[mask], targets[mask]
-
-
-def output_logits(model, vocab: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's head as a function of hidden states, cut to the first `vocab` ids: rows past
-    the tokenizer (Qwen pads its embeddings to 151,936) then carry no probability at all."""
-    model = getattr(model, "module", model)  # under DistributedDataParallel
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-
-    def logits(hidden: torch.Tensor) -> torch.Tensor:
-        out = head(hidden)
-        if cap:
-            out = torch.tanh(out / cap) * cap
-        return out[..., :vocab] if vocab else out
-
-    return logits
-
-
-def cross_entropy_loss(model, batch: dict, chunk_size: int = 1024) -> dict:
-    """The SFT loss: summed cross-entropy of the response tokens, computed chunk by chunk."""
-    hidden, targets = response_states(model, batch)
-    logits = output_logits(model)
-    (ce,) = chunked_sums(lambda h, y: (cross_entropy_sum(logits(h), y),), hidden, targets, chunk_size=chunk_size)
-    return {"loss": ce, "tokens": targets.numel()}
 
 
 # --- the trainer ---------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from codelift.train.data import IGNORE_INDEX
+
 DIVERGENCES = ("forward", "reverse", "jsd")
 _LOG_FLOOR = -1e4  # stands in for log(0): exp() of it is exactly 0 in fp32, and 0 * it stays finite
 
@@ -106,3 +108,93 @@ def chunked_sums(fn: Callable[..., tuple[torch.Tensor, ...]], *rows: torch.Tenso
             sums = fn(*chunk)
         total = sums if total is None else tuple(a + b for a, b in zip(total, sums))
     return total
+
+
+# --- losses of a model on a batch -----------------------------------------------------------------
+
+def response_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states at the positions that predict a response token, and those tokens.
+
+    The model computes logits for one position only (`logits_to_keep=1`); callers project the
+    [tokens, hidden] states through the head in chunks, so no [batch, seq, vocab] tensor exists.
+    Prompt tuning prepends virtual tokens, so positions are aligned from the right.
+    """
+    labels = batch["labels"]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, -labels.shape[1]:-1]
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    return hidden[mask], targets[mask]
+
+
+def output_logits(model, vocab: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's head as a function of hidden states, cut to the first `vocab` ids: rows past
+    the tokenizer (Qwen pads its embeddings to 151,936) then carry no probability at all."""
+    model = getattr(model, "module", model)  # under DistributedDataParallel
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        if cap:
+            out = torch.tanh(out / cap) * cap
+        return out[..., :vocab] if vocab else out
+
+    return logits
+
+
+def cross_entropy_loss(model, batch: dict, chunk_size: int = 1024) -> dict:
+    """The SFT loss: summed cross-entropy of the response tokens, computed chunk by chunk."""
+    hidden, targets = response_states(model, batch)
+    logits = output_logits(model)
+    (ce,) = chunked_sums(lambda h, y: (cross_entropy_sum(logits(h), y),), hidden, targets, chunk_size=chunk_size)
+    return {"loss": ce, "tokens": targets.numel()}
+
+
+def distillation_objective(ce: torch.Tensor, kd: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
+    """alpha * T^2 * KD + (1 - alpha) * CE: the T^2 is in what is optimised, not only in the log."""
+    return alpha * temperature**2 * kd + (1 - alpha) * ce
+
+
+def logit_kd_loss(model, batch: dict, *, teacher, cfg, vocab: int) -> dict:
+    """Online logit distillation: the teacher runs on the same batch without gradients, and both
+    are projected to the first `vocab` ids (the shared tokenizer) chunk by chunk.
+
+    `cfg` carries temperature, alpha, divergence, beta and loss_chunk_size (a DistillConfig)."""
+    hidden, targets = response_states(model, batch)
+    with torch.no_grad():
+        teacher_hidden, _ = response_states(teacher, batch)
+    student_logits, teacher_logits = output_logits(model, vocab), output_logits(teacher, vocab)
+
+    def chunk(h, th, y):
+        logits = student_logits(h)
+        with torch.no_grad():
+            teacher_lp = tempered_log_probs(teacher_logits(th), cfg.temperature)
+        kd = divergence(teacher_lp, tempered_log_probs(logits, cfg.temperature), cfg.divergence, cfg.beta)
+        return cross_entropy_sum(logits, y), kd.sum()
+
+    ce, kd = chunked_sums(chunk, hidden, teacher_hidden, targets, chunk_size=cfg.loss_chunk_size)
+    return {"loss": distillation_objective(ce, kd, cfg.alpha, cfg.temperature), "tokens": targets.numel(),
+            "ce": ce, "kd": kd}
+
+
+def cached_kd_loss(model, batch: dict, *, cfg, vocab: int) -> dict:
+    """Distillation from a top-k teacher cache: the batch carries, per response token in order,
+    the teacher's top-k ids, their log-probabilities and the log tail mass (see TeacherCacheCollator)."""
+    hidden, targets = response_states(model, batch)
+    ids, log_probs, tail = batch["teacher_ids"], batch["teacher_log_probs"], batch["teacher_tail"]
+    if ids.shape[0] != targets.numel():
+        raise ValueError(f"teacher cache rows ({ids.shape[0]}) do not match the batch's response tokens "
+                         f"({targets.numel()}): the cache was made from other data or settings")
+    logits = output_logits(model, vocab)
+
+    def chunk(h, y, i, lp, t):
+        student_logits = logits(h)
+        teacher_b, student_b = bucketed_log_probs(student_logits, i, lp, t, cfg.temperature, cfg.cache_tail)
+        kd = divergence(teacher_b, student_b, cfg.divergence, cfg.beta)
+        return cross_entropy_sum(student_logits, y), kd.sum()
+
+    ce, kd = chunked_sums(chunk, hidden, targets, ids, log_probs, tail, chunk_size=cfg.loss_chunk_size)
+    return {"loss": distillation_objective(ce, kd, cfg.alpha, cfg.temperature), "tokens": targets.numel(),
+            "ce": ce, "kd": kd}

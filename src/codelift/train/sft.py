@@ -16,7 +16,8 @@ from codelift.config import SFTConfig
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import load_tokenizer, prepare_model
-from codelift.train.core import cross_entropy_loss, fit, training_sets
+from codelift.train.core import fit, training_sets
+from codelift.train.losses import cross_entropy_loss
 
 
 def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: str | None = None,
