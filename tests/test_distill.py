@@ -238,3 +238,33 @@ def test_sft_config_is_a_distill_config_subset():
     """Every SFT option applies to distill: the KD config extends the SFT one."""
     assert set(SFTConfig.model_fields) < set(DistillConfig.model_fields)
     assert DistillConfig().temperature == 2.0 and DistillConfig().alpha == 0.5
+
+
+def test_student_samples_mask_the_prompt_and_everything_after_eos(tiny_model_dir, tasks_file):
+    from codelift.train.on_policy import student_samples
+
+    tokenizer, _, batch = _batch(tiny_model_dir, tasks_file)
+    student = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    sampled = student_samples(student, batch, tokenizer, max_new_tokens=12)
+    for row in range(len(batch["input_ids"])):
+        first = int((batch["labels"][row] != -100).nonzero()[0])
+        assert torch.equal(sampled["input_ids"][row, :first], batch["input_ids"][row, :first])  # same prompt
+        assert (sampled["labels"][row, :first] == -100).all()
+        learned = sampled["labels"][row][sampled["labels"][row] != -100]
+        assert 1 <= len(learned) <= 12
+        eos = (learned == tokenizer.eos_token_id).nonzero()
+        assert len(eos) == 0 or int(eos[0]) == len(learned) - 1  # nothing after the first EOS is learned
+        n = int(sampled["attention_mask"][row].sum())
+        assert torch.equal(sampled["input_ids"][row, first:n], learned)
+
+
+def test_on_policy_run_trains_with_the_student_samples(tiny_model_dir, teacher_dir, tasks_file, tmp_path):
+    cfg = DistillConfig(mode="on-policy", lmbda=1.0, max_new_tokens=8, max_steps=2, batch_size=4, max_length=96,
+                        eval_every_epochs=1.0, eval_before_training=False, bf16=False)
+    manifest = train_distill(str(teacher_dir), str(tiny_model_dir), str(tasks_file), tmp_path / "gkd", cfg)
+    steps = [json.loads(line) for line in (tmp_path / "gkd" / "metrics.jsonl").read_text().splitlines()]
+    logged = [s for s in steps if "loss" in s]
+    # Every step was on-policy: the KD term alone, no cross-entropy part.
+    assert len(logged) == 2 and all("kd_loss" in s and "ce_loss" not in s for s in logged)
+    assert manifest["steps"] == 2
