@@ -74,6 +74,7 @@ class DistillConfig(SFTConfig):
     cache_tail: Literal["bucket", "renormalize"] = "bucket"  # how a top-k cache treats the rest
     lmbda: float = Field(0.5, ge=0, le=1)  # on-policy: fraction of steps on the student's own samples
     max_new_tokens: int = 256  # sequence and on-policy generation
+    generation_backend: Literal["hf", "vllm"] = "hf"  # sequence: how the teacher answers
     filter_by_tests: bool = False  # sequence: keep only teacher answers that pass the task's tests
 
 

@@ -21,20 +21,22 @@ from codelift.train.losses import cross_entropy_loss
 
 
 def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: str | None = None,
-              merge: bool = False) -> dict:
-    """Fine-tune `model` on the tasks in `data`; returns the run manifest written to run.json."""
+              merge: bool = False, stage: str = "sft", extra: dict | None = None) -> dict:
+    """Fine-tune `model` on the tasks in `data`; returns the run manifest written to run.json.
+
+    Stages that end in SFT (sequence-level KD) pass their name and what they add to the manifest."""
     cfg = cfg.resolved()
     set_seed(cfg.seed)
     model_path = prepare_model(model)
     tokenizer = load_tokenizer(model_path)
     train_set, val_set = training_sets(data, validation, tokenizer, cfg)
     lm = load_for_training(model_path, cfg)
-    trainer, manifest = fit("sft", lm, tokenizer, train_set, val_set, out, cfg,
+    trainer, manifest = fit(stage, lm, tokenizer, train_set, val_set, out, cfg,
                             token_loss=partial(cross_entropy_loss, chunk_size=cfg.loss_chunk_size),
                             merge_base=model_path if merge else None,
                             title=f"SFT ({cfg.method}) on {Path(data).name}")
     if not trainer.is_world_process_zero():
         return {}
-    manifest |= {"model": model, "data": data, "validation": validation}
+    manifest |= {"model": model, "data": data, "validation": validation} | (extra or {})
     write_json(out / "run.json", manifest)
     return manifest
