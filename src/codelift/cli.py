@@ -84,7 +84,8 @@ def data_show(source: str, split: Split = None, data_dir: DataDir = None, field:
 
 
 @model_app.command("prepare")
-def model_prepare(name: Annotated[str, typer.Argument(help="smollm2-135m-instruct, gemma-3-270m, a folder, a .gguf file or a hub id.")]):
+def model_prepare(name: Annotated[str, typer.Argument(help="smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct, "
+                                                           "qwen2.5-coder-1.5b-instruct, a folder, a .gguf file or a hub id.")]):
     """Turn an embedded GGUF (or any .gguf) into a cached Hugging Face folder, once."""
     from codelift.models import prepare_model
 
