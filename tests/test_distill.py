@@ -268,3 +268,32 @@ def test_on_policy_run_trains_with_the_student_samples(tiny_model_dir, teacher_d
     # Every step was on-policy: the KD term alone, no cross-entropy part.
     assert len(logged) == 2 and all("kd_loss" in s and "ce_loss" not in s for s in logged)
     assert manifest["steps"] == 2
+
+
+def test_sequence_mode_learns_from_teacher_answers_across_tokenizers(tiny_model_dir, teacher_dir, tasks_file,
+                                                                      tmp_path):
+    """The teacher has another vocabulary: logit KD refuses it, sequence KD goes through its text."""
+    other = _shuffled_tokenizer(teacher_dir, tmp_path / "other-teacher")
+    cfg = DistillConfig(mode="sequence", max_new_tokens=24, max_steps=2, batch_size=4, max_length=96,
+                        eval_every_epochs=1.0, eval_before_training=False, bf16=False)
+    out = tmp_path / "seq"
+    manifest = train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
+    answers = [json.loads(line) for line in (out / "teacher_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 24 and all({"task_id", "answer", "code"} <= set(a) for a in answers)
+    counts = manifest["teacher_answers"]
+    assert sum(counts.values()) == 24 and manifest["stage"] == "distill" and manifest["steps"] == 2
+    kept = [json.loads(line) for line in (out / "teacher_data.jsonl").read_text().splitlines()]
+    by_id = {a["task_id"]: a["code"].strip() for a in answers}
+    assert len(kept) == counts.get("kept", 0) and all(k["solution"].strip() == by_id[k["task_id"]] for k in kept)
+
+
+def test_sequence_filter_keeps_only_answers_that_pass_their_tests(data_dir):
+    from codelift.train.sequence_kd import keep_answers
+
+    tasks = load_tasks("mbpp", "train", data_dir=data_dir)[:3]
+    answers = {tasks[0].task_id: tasks[0].solution, tasks[1].task_id: "def wrong():\n    return 0\n",
+               tasks[2].task_id: "Sure! Here is my answer: use a loop."}
+    kept, counts = keep_answers(tasks, answers, filter_by_tests=True)
+    assert [t.task_id for t in kept] == [tasks[0].task_id]
+    assert counts == {"kept: passed the tests": 1, "dropped: failed the tests": 1,
+                      "dropped: no Python code": 1, "kept: no tests to check": 0}

@@ -10,7 +10,6 @@ on them with every SFT setting.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.progress import track
 
 from codelift.config import DistillConfig
 from codelift.data import Task, load_tasks
+from codelift.data.clean import is_python_code
 from codelift.errors import CodeliftError
 from codelift.evaluate.run import append_rows, read_appended
 from codelift.io import write_jsonl
@@ -78,8 +78,8 @@ def keep_answers(tasks: list[Task], answers: dict[str, str], filter_by_tests: bo
     candidates = []
     for task in tasks:
         code = answers[task.task_id].strip()
-        if not code or not _parses(code):
-            counts["dropped: no parseable code"] += 1
+        if not is_python_code(code):
+            counts["dropped: no Python code"] += 1
         else:
             candidates.append(dataclasses.replace(task, solution=code + "\n"))
     if not filter_by_tests:
@@ -95,10 +95,3 @@ def keep_answers(tasks: list[Task], answers: dict[str, str], filter_by_tests: bo
     counts["dropped: failed the tests"] += len(verdicts) - sum(verdicts.values())
     return [t for t in candidates if verdicts.get(t.task_id, not t.tests)], counts
 
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
