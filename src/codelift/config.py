@@ -47,7 +47,10 @@ class SFTConfig(BaseModel):
     max_length: int = 512
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16
-    loss_chunk_size: int = 1024  # response tokens whose logits exist at once
+    loss_chunk_size: int = 256  # response tokens whose logits exist at once
+    # Recompute each layer in the backward pass instead of keeping its activations: with it, SFT of
+    # SmolLM2-135M at 8 x 512 tokens went from ~7.3 GB to below TRL's 4.9 GB (TRL turns it on too).
+    gradient_checkpointing: bool = True
     report_to: Literal["none", "tensorboard", "trackio", "wandb", "mlflow"] = "none"
     seed: int = 42
 
@@ -56,6 +59,10 @@ class SFTConfig(BaseModel):
         preset: dict = {"learning_rate": DEFAULT_LEARNING_RATE[self.method]}
         if self.method.startswith("qlora"):
             preset |= QLORA_PRESET
+        if self.method == "prefix":  # its virtual keys/values do not survive layer recomputation
+            if self.gradient_checkpointing and "gradient_checkpointing" in self.model_fields_set:
+                raise CodeliftError("gradient_checkpointing does not work with prefix tuning; set it to false.")
+            preset["gradient_checkpointing"] = False
         chosen = {k: v for k, v in preset.items() if k not in self.model_fields_set or getattr(self, k) is None}
         return self.model_copy(update=chosen)
 
