@@ -89,13 +89,23 @@ def run_codelift(name: str, teacher_flags: list[str], student: str, train: Path,
                                              "--config", str(config), "--merge", *teacher_flags],
                                  work / f"{name}.log")
     run = json.loads((out / "run.json").read_text())
-    return {"tokens_per_s": run["tokens_per_second"], "peak_mb": peak, "wall_s": seconds,
-            "steps": run["steps"], "merged": str(out / "merged")}
+    return {"tokens_per_s": run["tokens_per_second"], "peak_mb": peak, "train_peak_mb": run["peak_memory_mb"],
+            "wall_s": seconds, "steps": run["steps"], "merged": str(out / "merged")}
+
+
+def finished_codelift_run(folder: str) -> dict:
+    """A codelift distill run folder made earlier by this bench (same settings): its figures and merged
+    student. Its whole-process peak was not observed, only the training peak in its run.json."""
+    run = json.loads((Path(folder) / "run.json").read_text())
+    return {"tokens_per_s": run["tokens_per_second"], "peak_mb": None, "train_peak_mb": run["peak_memory_mb"],
+            "wall_s": None, "steps": run["steps"], "merged": str(Path(folder) / "merged")}
 
 
 def trl_worker(teacher: str, student: str, train: Path, out: Path, steps: int, batch: int, max_length: int,
                temperature: float, gradient_checkpointing: bool) -> None:
     """GKDTrainer, lmbda=0, beta=0, on codelift's own encoded training examples; writes result.json."""
+    import resource
+
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
@@ -128,11 +138,12 @@ def trl_worker(teacher: str, student: str, train: Path, out: Path, steps: int, b
                          data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
                          peft_config=lora, callbacks=[throughput])
     trainer.train()
+    train_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     merged = trainer.model.merge_and_unload()
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
     (out / "result.json").write_text(json.dumps({"tokens_per_s": throughput.tokens_per_second(trainer.state),
-                                                 "steps": trainer.state.global_step}))
+                                                 "steps": trainer.state.global_step, "train_peak_mb": train_peak_mb}))
 
 
 def run_trl(name: str, teacher: str, student: str, train: Path, work: Path, args, gradient_checkpointing: bool) -> dict:
@@ -147,7 +158,8 @@ def run_trl(name: str, teacher: str, student: str, train: Path, work: Path, args
     return result | {"peak_mb": peak, "wall_s": seconds, "merged": str(out / "merged")}
 
 
-def heldout_kl(students: dict[str, str], teacher: str, heldout: Path, max_length: int) -> dict[str, float]:
+def heldout_kl(students: dict[str, str], teacher: str, heldout: Path, max_length: int,
+               limit: int | None = None) -> dict[str, float]:
     """Exact KL(teacher || student) at T = 1 per held-out response token, fp32, for each student."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -159,7 +171,7 @@ def heldout_kl(students: dict[str, str], teacher: str, heldout: Path, max_length
     teacher_path = prepare_model(teacher)
     tokenizer = load_tokenizer(teacher_path)
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
-    tasks = load_tasks(str(heldout))
+    tasks = load_tasks(str(heldout))[:limit]
     return {name: kl_to_teacher(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), teacher_model,
                                 tokenizer, tasks, max_length=max_length)
             for name, path in students.items()}
@@ -185,6 +197,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--trl-checkpointing", default="off", help="TRL runs: off, on or off,on (the first is "
                         "the reference of the ratios; codelift trains without gradient checkpointing).")
+    parser.add_argument("--variants", default="online,cached,trl", help="Which to run (comma-separated).")
+    parser.add_argument("--online-run", default=None, help="Reuse a finished codelift online run folder of this bench "
+                        "(same settings) instead of running it again.")
+    parser.add_argument("--heldout-limit", type=int, default=None, help="Held-out KL on the first N MBPP validation "
+                        "tasks (default all 90).")
     parser.add_argument("--work", type=Path, default=None, help="Folder for runs (default: a new temp folder).")
     parser.add_argument("--trl-worker", nargs=4, metavar=("TEACHER", "STUDENT", "TRAIN", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -203,47 +220,64 @@ def main() -> None:
     train, heldout, student = prepare(work, args)
     config = distill_config(args, work)
     console.print(f"work folder {work}; {machine()}")
+    variants = args.variants.split(",")
 
-    results = {}
-    console.print("codelift online ...")
-    results["codelift online"] = run_codelift("online", ["--teacher", teacher], student, train, work, config)
-    console.print("codelift cache build ...")
-    cache = work / "cache"
-    cache_seconds, cache_peak = run_measured(CODELIFT + ["distill", "cache", "--teacher", teacher, "--data", str(train),
-                                                         "--out", str(cache), "--top-k", str(args.top_k),
-                                                         "--max-length", str(args.max_length)], work / "cache.log")
-    manifest = json.loads((cache / "manifest.json").read_text())
-    console.print("codelift cached ...")
-    results["codelift cached"] = run_codelift("cached", ["--teacher-cache", str(cache)], student, train, work, config)
-    for setting in args.trl_checkpointing.split(","):
-        console.print(f"TRL GKDTrainer, gradient checkpointing {setting} ...")
-        results[f"TRL GKD, grad ckpt {setting}"] = run_trl(f"trl-ckpt-{setting}", teacher, student, train, work, args,
-                                                           setting == "on")
+    results, cache_note = {}, ""
+    if "online" in variants and not args.online_run:
+        console.print("codelift online ...")
+        results["codelift online"] = run_codelift("online", ["--teacher", teacher], student, train, work, config)
+    if "cached" in variants:
+        console.print("codelift cache build ...")
+        cache = work / "cache"
+        seconds, peak = run_measured(CODELIFT + ["distill", "cache", "--teacher", teacher, "--data", str(train),
+                                                 "--out", str(cache), "--top-k", str(args.top_k),
+                                                 "--max-length", str(args.max_length)], work / "cache.log")
+        m = json.loads((cache / "manifest.json").read_text())
+        cache_note = (f"teacher cache: {m['examples']} examples, {m['tokens']:,} response tokens, top-{m['top_k']}, "
+                      f"{m['bytes']:,} bytes = {m['bytes_per_token']} bytes/token, built in {seconds:.1f} s wall "
+                      f"(whole process: start-up, teacher load, {m['tokens'] / seconds:.0f} tokens/s), "
+                      f"peak RSS {peak:.0f} MB")
+        console.print("codelift cached ...")
+        results["codelift cached"] = run_codelift("cached", ["--teacher-cache", str(cache)], student, train, work,
+                                                  config)
+    if "trl" in variants:
+        for setting in args.trl_checkpointing.split(","):
+            console.print(f"TRL GKDTrainer, gradient checkpointing {setting} ...")
+            results[f"TRL GKD, grad ckpt {setting}"] = run_trl(f"trl-ckpt-{setting}", teacher, student, train, work,
+                                                               args, setting == "on")
+    if args.online_run:  # read last: it may have been running beside this one
+        results = {"codelift online": finished_codelift_run(args.online_run)} | results
     console.print("held-out KL ...")
     kl = heldout_kl({"student before KD": student} | {k: r["merged"] for k, r in results.items()}, teacher, heldout,
-                    args.max_length)
+                    args.max_length, args.heldout_limit)
 
-    trl = results[f"TRL GKD, grad ckpt {args.trl_checkpointing.split(',')[0]}"]
+    trl = results.get(f"TRL GKD, grad ckpt {args.trl_checkpointing.split(',')[0]}")
     table = Table(title=f"Logit KD: {args.teacher} -> {Path(student).name} (LoRA r=16 q/k/v/o), {args.steps} steps x "
                         f"batch {args.batch_size}, max_length {args.max_length}, forward KL")
-    for column in ("run", "steps", "tokens/s", "peak RSS MB", "wall s", "held-out KL", "tok/s vs TRL", "RSS vs TRL"):
+    for column in ("run", "steps", "tokens/s", "peak RSS MB", "RSS MB end of training", "wall s", "held-out KL",
+                   "tok/s vs TRL", "RSS vs TRL"):
         table.add_column(column, justify="left" if column == "run" else "right")
-    table.add_row("student before KD", "", "", "", "", f"{kl['student before KD']:.4f}", "", "")
+    table.add_row("student before KD", "", "", "", "", "", f"{kl['student before KD']:.4f}", "", "")
     for name, r in results.items():
-        table.add_row(name, str(r["steps"]), f"{r['tokens_per_s']:.0f}", f"{r['peak_mb']:.0f}", f"{r['wall_s']:.0f}",
-                      f"{kl[name]:.4f}", f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x",
-                      f"{r['peak_mb'] / trl['peak_mb']:.2f}x")
+        speed = f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x" if trl else ""
+        memory = f"{r['peak_mb'] / trl['peak_mb']:.2f}x" if trl and r["peak_mb"] else ""
+        table.add_row(name, str(r["steps"]), f"{r['tokens_per_s']:.0f}", f"{r['peak_mb']:.0f}" if r["peak_mb"] else "-",
+                      f"{r['train_peak_mb']:.0f}", f"{r['wall_s']:.0f}" if r["wall_s"] else "-", f"{kl[name]:.4f}",
+                      speed, memory)
     console.print(table)
     console.print(f"codelift: alpha={args.alpha}, T={args.temperature} (T^2 on the KD term), divergence forward, "
                   f"cache top-k {args.top_k} + tail bucket. TRL: GKDTrainer lmbda=0, beta=0 (forward KL), "
-                  f"temperature={args.temperature} (sampling only: its loss is at T=1, KD only), disable_dropout=False.")
-    console.print(f"teacher cache: {manifest['examples']} examples, {manifest['tokens']:,} response tokens, "
-                  f"{manifest['bytes']:,} bytes = {manifest['bytes_per_token']} bytes/token, built in "
-                  f"{cache_seconds:.1f} s wall (process, incl. start-up and teacher load), peak RSS {cache_peak:.0f} MB")
-    ours = results["codelift cached"]
-    console.print(f"targets: cached tokens/s vs TRL {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x (>= 2x), "
-                  f"peak RSS vs TRL {ours['peak_mb'] / trl['peak_mb']:.2f}x (<= 0.6x), held-out KL vs online "
-                  f"{kl['codelift cached'] / kl['codelift online'] - 1:+.1%} (<= +5%)")
+                  f"temperature={args.temperature} (sampling only: its loss is at T=1, KD only), "
+                  f"disable_dropout=False. held-out KL: exact, T=1, fp32, {args.heldout_limit or 'all'} MBPP "
+                  f"validation tasks.")
+    if cache_note:
+        console.print(cache_note)
+    ours, online = results.get("codelift cached"), results.get("codelift online")
+    if ours and trl:
+        console.print(f"targets: cached tokens/s vs TRL {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x (>= 2x), "
+                      f"peak RSS vs TRL {ours['peak_mb'] / trl['peak_mb']:.2f}x (<= 0.6x)")
+    if ours and online:
+        console.print(f"held-out KL cached vs online {kl['codelift cached'] / kl['codelift online'] - 1:+.1%} (<= +5%)")
     console.print(f"machine after the run: {machine()}")
 
 
