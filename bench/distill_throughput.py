@@ -9,8 +9,8 @@ wait4) is its own, run one after another:
 - TRL: `trl.experimental.gkd.GKDTrainer` with lmbda=0 (supervised / off-policy KD; TRL 1.16's
   `DistillationTrainer` always generates on-policy and has no off-policy setting), beta=0
   (forward KL, the same divergence as ours), on the very encoded examples codelift trains on
-  (completion-only labels), with gradient checkpointing off as codelift trains (TRL's default is
-  on: `--trl-checkpointing off,on` runs both).
+  (completion-only labels), with gradient checkpointing on, as both train by default
+  (`--trl-checkpointing off,on` runs TRL both ways).
 
 All share the student (LoRA r=16 on q/k/v/o, codelift's LoRA learning rate), optimizer steps,
 batch size, max_length, seed and precision (bf16 autocast where the CPU has AVX512-BF16, the
@@ -20,7 +20,7 @@ full-vocabulary KL(teacher || student) at T = 1 per response token of MBPP valid
 (`codelift.evaluate.kl.kl_to_teacher`, fp32), on each variant's merged student.
 
     PYTHONPATH=src .venv/bin/python bench/distill_throughput.py            # SmolLM2-135M -> its 10-layer copy
-    PYTHONPATH=src .venv/bin/python bench/distill_throughput.py --steps 10 --trl-checkpointing off,on
+    PYTHONPATH=src .venv/bin/python bench/distill_throughput.py --steps 10 --trl-checkpointing on,off
     PYTHONPATH=src .venv/bin/python bench/distill_throughput.py --steps 60 --student DIR --teacher DIR
 
 TRL's GKDTrainer takes no KD temperature: its `temperature` is the sampling temperature of
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--top-k", type=int, default=32)
-    parser.add_argument("--trl-checkpointing", default="off", help="TRL runs: off, on or off,on (the first is "
+    parser.add_argument("--trl-checkpointing", default="on", help="TRL runs: off, on or off,on (the first is "
                         "the reference of the ratios; codelift trains without gradient checkpointing).")
     parser.add_argument("--variants", default="online,cached,trl", help="Which to run (comma-separated).")
     parser.add_argument("--online-run", default=None, help="Reuse a finished codelift online run folder of this bench "
