@@ -123,10 +123,12 @@ class Batcher:
                     results = await asyncio.to_thread(self.generator.generate, prompts, **jobs[0][1])
                 except Exception as e:  # answered as a 500 to these requests only
                     for _, _, done in jobs:
-                        done.set_exception(e)
+                        if not done.done():
+                            done.set_exception(e)
                     continue
                 for job_prompts, _, done in jobs:
-                    done.set_result(results[:len(job_prompts)])
+                    if not done.done():  # a client that hung up has cancelled its future
+                        done.set_result(results[:len(job_prompts)])
                     results = results[len(job_prompts):]
 
 
