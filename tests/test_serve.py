@@ -128,6 +128,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
         (post(completions, {"model": NAME, "prompt": "word " * 600, "max_tokens": 4}), 400),  # over 512 tokens
         (post(completions, {"model": NAME, "prompt": "x" * 30_000, "max_tokens": 4}), 413),
         (post(completions, {"model": NAME, "prompt": "a"}, key=None), 401),
+        (post(completions, {"model": NAME, "prompt": "", "max_tokens": 2}), 400),
     ]
     for (status, body), expected in cases:
         assert status == expected, body

@@ -188,6 +188,8 @@ def build_app(generator: Generator, served_name: str, *, rag: RagSettings | None
                            param="max_tokens")
         if req.n > limits.max_n:
             raise APIError(400, f"n {req.n} is over this server's cap of {limits.max_n}", param="n")
+        if any(not prompt for prompt in prompts):
+            raise APIError(400, "prompt: expected non-empty text", param="prompt")
         if tokenizer is not None and generator.context_length:
             for prompt in prompts:
                 length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
