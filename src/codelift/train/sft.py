@@ -62,7 +62,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         eval_strategy="steps", eval_steps=every, eval_on_start=cfg.eval_before_training and not resuming,
         save_strategy="steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=1, report_to="none", bf16=bf16, use_cpu=not torch.cuda.is_available(),
+        logging_steps=1, report_to=cfg.report_to, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
 
