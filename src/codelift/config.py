@@ -156,7 +156,7 @@ class TuneStage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = "pass@1"
+    metric: Literal["pass@1", "avg_tests_passed", "syntax_valid", "codebleu", "exact_match"] = "pass@1"
     target: float | None = None
     max_rounds: int = 6
     patience: int = 2  # stop after this many rounds without a better score
@@ -228,23 +228,43 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 def parse_sets(sets: list[str] | tuple[str, ...]) -> dict:
     """`--set sft.lora_r=8 --set eval.benchmarks=[humaneval]` -> nested dict; values read as YAML."""
-    nested: dict = {}
+    pairs = {}
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise CodeliftError(f"--set '{item}': expected KEY.PATH=VALUE, e.g. sft.lora_r=8.")
         try:
-            value = yaml.safe_load(text)
+            pairs[key] = yaml.safe_load(text)
         except yaml.YAMLError:
             raise CodeliftError(f"--set '{item}': the value is not valid YAML.") from None
+    return nested_settings(pairs)
+
+
+def nested_settings(pairs: dict[str, Any]) -> dict:
+    """{"sft.lora_r": 8} -> {"sft": {"lora_r": 8}}."""
+    nested: dict = {}
+    for key, value in pairs.items():
         *parents, leaf = key.split(".")
         node = nested
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise CodeliftError(f"--set '{item}': {part} was already given a value, so it has no settings.")
+                raise CodeliftError(f"'{key}': {part} was already given a value, so it has no settings.")
         node[leaf] = value
     return nested
+
+
+def with_settings(cfg: RunConfig, pairs: dict[str, Any]) -> RunConfig:
+    """`cfg` with dotted settings changed (the others kept), validated again."""
+    values = deep_merge(cfg.model_dump(exclude_unset=True), nested_settings(pairs))
+    try:
+        return RunConfig(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        changed = ", ".join(f"{k}={v}" for k, v in pairs.items())
+        raise CodeliftError(f"{changed}: {field + ': ' if field else ''}"
+                            f"{first['msg'].removeprefix('Value error, ')}.") from None
 
 
 def read_yaml(path: Path) -> dict:

@@ -40,15 +40,22 @@ def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, con
     check_run(cfg, data_dir)
     stages = Stages(out, Context(data_dir, cfg.report_to, console or Console()))
     write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
+    models = train_models(cfg, stages)
+    index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
+    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models, index)
+    return json.loads(Path(evaluation.outputs["ablation"]).read_text())
+
+
+def train_models(cfg: RunConfig, stages: Stages) -> tuple[Stage, ...]:
+    """The stages that make models: (teacher, student, sft, kd, plan); a stage that is off hands on
+    its input, so the last one always holds the final student."""
     data = stages.run("data", prepare_data, cfg.data)
     teacher = stages.run("teacher", make_teacher, cfg.teacher, data, enabled=cfg.teacher.model is not None)
     student = stages.run("student", make_student, cfg.student, teacher)
     sft = stages.run("sft", fine_tune, cfg.sft, student, data, enabled=cfg.sft.enabled)
     kd = stages.run("distill", distill, cfg.distill, sft, teacher, data, enabled=cfg.distill.enabled)
     plan = stages.run("plan", plan_distill, cfg.plan, kd, teacher, data, enabled=cfg.plan.enabled)
-    index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
-    evaluation = stages.run("eval", evaluate_variants, cfg.eval, student, sft, kd, plan, index, teacher)
-    return json.loads(Path(evaluation.outputs["ablation"]).read_text())
+    return teacher, student, sft, kd, plan
 
 
 # --- Validation of the whole run, before any work ------------------------------------------------
@@ -298,26 +305,21 @@ def build_knowledge_index(folder: Path, settings, *, ctx: Context) -> dict:
     return {"index": str(folder / "index")}
 
 
-def evaluate_variants(folder: Path, settings: EvalStage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
-                      index: Stage, teacher: Stage, *, ctx: Context) -> dict:
+def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
+                      plan: Stage, index: Stage, *, ctx: Context) -> dict:
     """Every variant on every benchmark with one harness; then the ablation table."""
-    variants = ablation_variants(settings, student, sft, kd, plan, index, teacher)
+    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index)
     for benchmark in settings.benchmarks:
         for variant in variants:
             target = variant_folder(folder, variant.name, benchmark)
             if (target / "summary.json").is_file():
                 continue
-            source, _, split = benchmark.partition(":")
             kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
                 and variant.name != "teacher" else None
-            eval_cfg = EvalConfig(model=variant.model, benchmark=source, split=split or None, mode=settings.mode,
-                                  n_samples=settings.n_samples, temperature=settings.temperature,
-                                  limit=settings.limit, max_new_tokens=settings.max_new_tokens,
-                                  batch_size=settings.batch_size, timeout=settings.timeout,
-                                  codebleu=settings.codebleu, kl_teacher=kl, context=variant.context,
-                                  examples=settings.examples, index=variant.index)
             ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
-            summary = evaluate_model(eval_cfg, target, data_dir=ctx.data_dir)
+            summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
+                                                 context=variant.context, index=variant.index),
+                                     target, data_dir=ctx.data_dir)
             ctx.console.print(f"{variant.name}: pass@1 {summary['pass@1']:.3f}")
     ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
                                          for b in settings.benchmarks},
@@ -326,8 +328,18 @@ def evaluate_variants(folder: Path, settings: EvalStage, student: Stage, sft: St
     return {"ablation": str(folder / "ablation.json")}
 
 
-def ablation_variants(settings: EvalStage, student: Stage, sft: Stage, kd: Stage, plan: Stage, index: Stage,
-                      teacher: Stage) -> list[Variant]:
+def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> EvalConfig:
+    """The one harness: every evaluation of a run takes its settings from `eval:`."""
+    source, _, split = benchmark.partition(":")
+    return EvalConfig(**{"model": model, "benchmark": source, "split": split or None, "mode": settings.mode,
+                         "n_samples": settings.n_samples, "temperature": settings.temperature,
+                         "limit": settings.limit, "max_new_tokens": settings.max_new_tokens,
+                         "batch_size": settings.batch_size, "timeout": settings.timeout,
+                         "codebleu": settings.codebleu, "examples": settings.examples, **changes})
+
+
+def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
+                      index: Stage) -> list[Variant]:
     """The rows: the base student, then each training stage that ran (names accumulate: sft,
     sft+kd, ...), the last of them with retrieval, and the teacher."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
