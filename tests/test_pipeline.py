@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from codelift.cli import app
-from codelift.config import RunConfig, load_config
+from codelift.config import RunConfig, load_config, with_settings
 from codelift.errors import CodeliftError
 from codelift.pipeline import check_run
 
@@ -99,3 +99,13 @@ def test_a_kd_or_kl_pair_must_share_the_tokenizer(tiny_model_dir, tmp_path):
         check_run(cfg, None)
     same = load_config(RunConfig, None, sets=[f"teacher.model={tiny_model_dir}", f"student.model={tiny_model_dir}"])
     check_run(same, None)
+
+
+@pytest.mark.parametrize("name", ["quick", "qwen", "codegen"])
+def test_the_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = load_config(RunConfig, config)
+    assert cfg.teacher.model and cfg.eval.benchmarks and not cfg.distill.enabled
+    check_run(with_settings(cfg, {"eval.kl_to_teacher": False}), None)  # data and benchmark specs, without models
