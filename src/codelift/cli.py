@@ -255,8 +255,9 @@ def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig (conf
         out: Annotated[Path | None, typer.Option(help="Folder for every artifact (default runs/CONFIG_NAME); re-running resumes.")] = None):
     """The whole recipe: data, teacher, student, SFT, KD, index, the ablation of every variant, and the report.
 
-    Stage settings nest (sft:, distill:, plan:, eval:, ...); the file and --set change only the settings they
-    name. The whole config is checked before any work; a re-run skips finished stages and resumes the rest."""
+    The config and --set change only the settings they name; all of it is checked before any work.
+
+    Re-running the same command skips finished stages and resumes an interrupted one."""
     from codelift.config import RunConfig, load_config
     from codelift.pipeline import run_pipeline
     from codelift.report import print_ablation, write_report
@@ -285,9 +286,11 @@ def tune(config: Annotated[Path, typer.Argument(help="YAML RunConfig; its tune: 
          out: Annotated[Path | None, typer.Option(help="Folder for the rounds and tune.jsonl (default runs/CONFIG_NAME-tune); re-running resumes.")] = None):
     """Iterative tuning: train, score on the validation split (never the test split), change one setting, repeat.
 
-    Each round changes one setting of tune.space from the best round so far; the log of rounds (settings,
-    score, decision) is OUT/tune.jsonl, and the run stops at the target, after `patience` rounds without
-    improvement, or at --max-rounds."""
+    Each round changes one setting of tune.space, starting from the best round so far.
+
+    It stops at the target, after --patience rounds without improvement, or at --max-rounds.
+
+    Rounds (settings, score, decision) are logged in OUT/tune.jsonl; re-running resumes."""
     from codelift.config import RunConfig, load_config
     from codelift.tune import run_tuning
 
