@@ -109,3 +109,17 @@ def test_the_shipped_configs_are_valid(name):
     cfg = load_config(RunConfig, config)
     assert cfg.teacher.model and cfg.eval.benchmarks and not cfg.distill.enabled
     check_run(with_settings(cfg, {"eval.kl_to_teacher": False}), None)  # data and benchmark specs, without models
+
+
+def test_measure_reports_each_blocks_own_peak_memory():
+    import numpy as np
+
+    from codelift.pipeline import measure
+
+    with measure() as big:
+        block = np.ones(50 * 2**20 // 8)  # 50 MiB, touched
+        block += 1
+    del block
+    with measure() as small:
+        pass
+    assert big["peak_memory_mb"] - small["peak_memory_mb"] > 40  # the first peak does not leak into the second

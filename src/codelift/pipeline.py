@@ -10,11 +10,12 @@ checkpoints and logs) and refuses to build on a folder made with other settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,37 +204,31 @@ def check_started(folder: Path, name: str, fingerprint: str) -> None:
     write_json(marker, {"stage": name, "fingerprint": fingerprint})
 
 
-class measure:
-    """Wall time and peak resident memory (GPU memory where CUDA runs) of the block. The peak is
-    reset at the start (Linux `clear_refs` 5), so each stage reports its own."""
-
-    def __enter__(self) -> dict:
-        self.cost = {}
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass  # not Linux: the peak is the process's so far
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.began = time.monotonic()
-        return self.cost
-
-    def __exit__(self, *exc) -> None:
-        self.cost["wall_seconds"] = round(time.monotonic() - self.began, 1)
-        self.cost["peak_memory_mb"] = round(peak_rss_mb(), 1)
-        if torch.cuda.is_available():
-            self.cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+@contextlib.contextmanager
+def measure() -> Iterator[dict]:
+    """Wall time and peak resident memory (and GPU memory where CUDA runs) of the block. The peak
+    is reset first (Linux `clear_refs` 5), so each stage reports its own."""
+    cost: dict = {}
+    with contextlib.suppress(OSError):  # elsewhere the peak is the process's so far
+        Path("/proc/self/clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    began = time.monotonic()
+    yield cost
+    cost["wall_seconds"] = round(time.monotonic() - began, 1)
+    cost["peak_memory_mb"] = round(peak_rss_mb(), 1)
+    if torch.cuda.is_available():
+        cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset (VmHWM), else since it started."""
     import resource
 
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
