@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from codelift.cli import app
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.evaluate.kl import kl_to_teacher, token_kl
+from codelift.evaluate.kl import kl_to_teacher
+from codelift.train.losses import token_kl
 from codelift.evaluate.run import EvalConfig, evaluate_model
 from codelift.models import load_model
 

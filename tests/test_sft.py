@@ -161,7 +161,7 @@ def test_accelerate_launch_trains_on_two_processes(tiny_model_dir, train_file, t
 
 
 def test_length_grouped_order_depends_on_seed_and_epoch_only():
-    from codelift.train.sft import EpochSeededLengthGroupedSampler
+    from codelift.train.core import EpochSeededLengthGroupedSampler
 
     lengths = [5, 90, 12, 40, 7, 63, 21, 88, 30, 3, 55, 14]
     first = EpochSeededLengthGroupedSampler(4, lengths, seed=42)

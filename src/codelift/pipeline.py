@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console
 
-from codelift.config import DistillStage, EvalStage, RunConfig
+from codelift.config import EvalStage, RunConfig
 from codelift.data import load_sources
 from codelift.data.loaders import SPLITS
 from codelift.data.prepare import prepare
@@ -70,12 +69,11 @@ def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
             check_source_spec(spec, where)
     for spec in cfg.eval.benchmarks:
         check_benchmark_spec(spec)
-    if cfg.distill.enabled:
-        distill_settings(cfg.distill, cfg.report_to)
     if cfg.plan.enabled:
         raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10); "
                             "set plan.enabled: false.")
-    needs_same_tokenizer = cfg.distill.enabled or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
+    logit_kd = cfg.distill.enabled and cfg.distill.mode != "sequence"  # sequence KD learns from text
+    needs_same_tokenizer = logit_kd or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
     if needs_same_tokenizer and cfg.student.keep_layers is None:
         check_same_tokenizer(cfg)
 
@@ -106,29 +104,15 @@ def check_benchmark_spec(spec: str) -> None:
     check_source_spec(spec, "eval.benchmarks")
 
 
-def distill_settings(section: DistillStage, report_to: str) -> BaseModel:
-    """The KD stage's `DistillConfig` from a run's `distill:` section, or a clear refusal while
-    this build has no KD stage."""
-    import codelift.config
-
-    if importlib.util.find_spec("codelift.train.distill") is None or not hasattr(codelift.config, "DistillConfig"):
-        raise CodeliftError("distill.enabled: knowledge distillation (codelift.train.distill) is not part of this "
-                            "build yet; set distill.enabled: false.")
-    try:
-        return codelift.config.DistillConfig(**section.model_extra, report_to=report_to)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise CodeliftError(f"field 'distill.{'.'.join(map(str, first['loc']))}': {first['msg']}.") from None
-
-
 def check_same_tokenizer(cfg: RunConfig) -> None:
     """KD and KL compare distributions token by token: the two vocabularies must be identical."""
     student, teacher = load_tokenizer(cfg.student.model), load_tokenizer(cfg.teacher.model)
     if student.get_vocab() != teacher.get_vocab():
-        need = "distill.enabled" if cfg.distill.enabled else "eval.kl_to_teacher"
+        need = "distill.mode" if cfg.distill.enabled and cfg.distill.mode != "sequence" else "eval.kl_to_teacher"
         raise CodeliftError(f"{need}: the student {cfg.student.model} and the teacher {cfg.teacher.model} have "
                             f"different tokenizers ({len(student)} and {len(teacher)} tokens); KD and KL need one "
-                            f"vocabulary. Pick a pair that shares it, or prune the teacher (student.keep_layers).")
+                            f"vocabulary. Pick a pair that shares it, prune the teacher (student.keep_layers), or "
+                            f"use distill.mode: sequence and eval.kl_to_teacher: false.")
 
 
 # --- Stages: each reads its settings and inputs, writes into its folder, returns its outputs -------
@@ -254,7 +238,7 @@ def make_teacher(folder: Path, settings, data: Stage, *, ctx: Context) -> dict:
     """The teacher as given, or fine-tuned on the training data first."""
     if not settings.sft.enabled:
         return {"model": prepare_model(settings.model)}
-    train_sft(settings.model, data.outputs["train"], folder, settings.sft.model_copy(update={"report_to": ctx.report_to}),
+    train_sft(settings.model, data.outputs["train"], folder, tracked(settings.sft, ctx.report_to),
               validation=data.outputs["validation"], merge=settings.sft.method != "full")
     return {"model": str(trained_model(folder))}
 
@@ -269,24 +253,36 @@ def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dic
 
 
 def fine_tune(folder: Path, settings, student: Stage, data: Stage, *, ctx: Context) -> dict:
-    train_sft(student.outputs["model"], data.outputs["train"], folder,
-              settings.model_copy(update={"report_to": ctx.report_to}), validation=data.outputs["validation"],
-              merge=settings.method != "full")
+    train_sft(student.outputs["model"], data.outputs["train"], folder, tracked(settings, ctx.report_to),
+              validation=data.outputs["validation"], merge=settings.method != "full")
     return {"model": str(trained_model(folder))}
 
 
 def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
-    """Logit distillation from the teacher into the (fine-tuned) student."""
+    """Distillation from the teacher into the (fine-tuned) student, in `distill.mode`."""
     from codelift.train.distill import train_distill
+    from codelift.train.teacher_cache import build_teacher_cache
 
-    cfg = distill_settings(settings, ctx.report_to)
-    train_distill(teacher.outputs["model"], student.outputs["model"], data.outputs["train"], folder, cfg,
-                  validation=data.outputs["validation"], merge=True)
+    cfg = tracked(settings, ctx.report_to)
+    if settings.cache_top_k is None:  # online: the teacher runs beside the student at every step
+        train_distill(teacher.outputs["model"], student.outputs["model"], data.outputs["train"], folder, cfg,
+                      validation=data.outputs["validation"], merge=settings.method != "full")
+    else:  # the teacher runs once; the cache covers the training file, so validation is held out of it
+        cache = folder / "teacher_cache"
+        build_teacher_cache(teacher.outputs["model"], data.outputs["train"], cache, top_k=settings.cache_top_k,
+                            batch_size=settings.batch_size, max_length=settings.max_length, bf16=settings.bf16)
+        train_distill(None, student.outputs["model"], data.outputs["train"], folder, cfg, teacher_cache=str(cache),
+                      merge=settings.method != "full")
     return {"model": str(trained_model(folder))}
 
 
 def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
     raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10).")
+
+
+def tracked(settings: BaseModel, report_to: str) -> BaseModel:
+    """A training stage's settings with the run's `report_to`, unless the stage names its own."""
+    return settings if "report_to" in settings.model_fields_set else settings.model_copy(update={"report_to": report_to})
 
 
 def trained_model(folder: Path) -> Path:
@@ -330,7 +326,8 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
                          "n_samples": settings.n_samples, "temperature": settings.temperature,
                          "limit": settings.limit, "max_new_tokens": settings.max_new_tokens,
                          "batch_size": settings.batch_size, "timeout": settings.timeout,
-                         "codebleu": settings.codebleu, "examples": settings.examples, **changes})
+                         "codebleu": settings.codebleu, "examples": settings.examples, "backend": settings.backend,
+                         "dtype": settings.dtype, "tensor_parallel_size": settings.tensor_parallel_size, **changes})
 
 
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,

@@ -43,6 +43,8 @@ def write_report(run_dir: Path) -> Path:
             figures[f"{name}-loss"] = loss_curves(history, f"{name}: training and validation loss")
         if any("kd_loss" in row for row in history):
             figures[f"{name}-kd"] = kd_curves(history, f"{name}: distillation loss terms")
+        if (folder / "kl.png").is_file():  # the distill stage's held-out KL before and after
+            figures[f"{name}-kl"] = (folder / "kl.png").read_bytes()
     images = run_dir / "report"
     for name, png in figures.items():
         with atomic_path(images / f"{name}.png") as tmp:
@@ -81,10 +83,11 @@ def report_sections(run_dir: Path, ablation: dict, manifest: dict, stages: dict[
                          "table": [ablation_cells(row) for row in rows]})
     sections.append({"title": "Scores per benchmark", "text": f"Bars: pass@1; whiskers: {confidence}% interval.",
                      "figures": ["scores"]})
-    curves = [name for name in figures if name.endswith(("-loss", "-kd"))]
+    curves = [name for name in figures if name.endswith(("-loss", "-kd", "-kl"))]
     if curves:
         sections.append({"title": "Training curves", "text": "Loss on response tokens per optimizer step "
-                         "(validation loss as dots); for distillation, the KD and cross-entropy terms.",
+                         "(validation loss as dots); for distillation, the KD and cross-entropy terms and the "
+                         "held-out KL(teacher || student) before and after.",
                          "figures": curves})
     sections.append({"title": "Which problems each variant solves", "text": "Green: solved (all samples pass); "
                      "yellow: some samples pass; grey: none.", "figures": ["grid"]})

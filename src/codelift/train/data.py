@@ -25,8 +25,12 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> di
 
 
 def sft_examples(tasks: Sequence[Task], tokenizer, max_length: int):
-    """A `datasets.Dataset` of encoded examples in the instruction template used at inference."""
+    """A `datasets.Dataset` of encoded examples in the instruction template used at inference.
+
+    Each row's `example` is its task's index in `tasks`, so rows can be matched to per-example
+    data kept elsewhere (a teacher cache) after filtering, splitting and shuffling."""
     from datasets import Dataset
 
-    rows = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) for t in tasks]
+    rows = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) | {"example": i}
+            for i, t in enumerate(tasks)]
     return Dataset.from_list([r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])])
