@@ -61,8 +61,8 @@ def train_models(cfg: RunConfig, stages: Stages) -> tuple[Stage, ...]:
 # --- Validation of the whole run, before any work ------------------------------------------------
 
 def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
-    """What the config's own checks cannot see: data specs against the loaders, stages this build
-    lacks, and teacher/student pairs that must share a tokenizer."""
+    """What the config's own checks cannot see: data specs against the loaders, the plan stage this
+    build lacks, and teacher/student pairs that must share a tokenizer."""
     for where, specs in (("data.train", cfg.data.train), ("data.validation", [cfg.data.validation]),
                          ("rag.knowledge_base", cfg.rag.knowledge_base if cfg.rag.enabled else [])):
         for spec in specs:
@@ -148,8 +148,8 @@ class Stages:
 
     def run(self, name: str, make: Callable[..., dict], settings: BaseModel, *inputs: Stage,
             enabled: bool = True) -> Stage:
-        fingerprint = hashlib.sha256(json.dumps([name, settings.model_dump(mode="json"), self.ctx.report_to,
-                                                 [i.fingerprint for i in inputs]]).encode()).hexdigest()[:16]
+        made_from = [name, settings.model_dump(mode="json", exclude={"report_to"}), [i.fingerprint for i in inputs]]
+        fingerprint = hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]  # trackers change no artifact
         if not enabled:
             passed_on = inputs[0] if inputs else None
             return Stage(name, self.out, passed_on.outputs if passed_on else {},
