@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && ! command -v bwrap >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: could not install bubblewrap; the sandbox will run with reduced isolation" >&2
 fi
+# Headless chromium renders report.html in the report test (skipped without it).
+if [ "$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the report's rendering test will be skipped" >&2
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0 uv==0.13.8
