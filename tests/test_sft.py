@@ -69,7 +69,7 @@ def test_method_presets_fill_only_unset_fields():
 def test_config_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "sft.yaml"
     bad.write_text("method: lora\nlora_r: many\n")
-    with pytest.raises(CodeliftError, match=r"sft.yaml: field 'lora_r': Input should be a valid integer"):
+    with pytest.raises(CodeliftError, match=r"sft.yaml, line 2: field 'lora_r': Input should be a valid integer"):
         load_config(SFTConfig, bad, {})
     bad.write_text("method: dora\n")
     with pytest.raises(CodeliftError, match=r"field 'method'"):
