@@ -24,6 +24,9 @@ app.add_typer(index_app, name="index")
 distill_app = typer.Typer(help="Knowledge distillation from a teacher: logit KD (online or from a top-k cache), "
                                "sequence-level or on-policy.")
 app.add_typer(distill_app, name="distill")
+plan_app = typer.Typer(help="Plan distillation (CodePLAN): verified teacher plans, multi-task training.",
+                       no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
 console = Console(emoji=False)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
@@ -356,6 +359,34 @@ def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded na
     run_server(model, backend=backend, host=host, port=port, served_name=served_name, context=context, index=index,
                examples=examples, api_key=api_key,
                limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes), **options)
+
+
+@plan_app.command("generate")
+def plan_generate(teacher: Annotated[str, typer.Option(help="Teacher: embedded name, folder, .gguf or hub id (openai: a local folder for its tokenizer).")],
+                  data: Annotated[str, typer.Option(help="Training tasks with reference solutions (and tests, for verification).")],
+                  out: Annotated[Path, typer.Option(help="Kept plans (JSONL); <out>.log makes a re-run resume, <out>.report.json holds the counts.")],
+                  plans_per_task: Annotated[int | None, typer.Option(help="Plans asked per task: 1 is greedy, more are sampled (default 1).")] = None,
+                  temperature: Annotated[float | None, typer.Option(help="Sampling temperature when plans-per-task > 1 (default 0.6).")] = None,
+                  verify: Annotated[bool | None, typer.Option(help="Keep a plan only if code the teacher writes from it passes the task's tests (default on).")] = None,
+                  limit: Annotated[int | None, typer.Option(help="The first N tasks only.")] = None,
+                  config: ConfigFile = None, seed: int | None = None,
+                  backend: Backend = "hf", dtype: Dtype = None, batch_size: Annotated[int | None, typer.Option(help="hf backend: rows per batch.")] = None,
+                  endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+                  api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+    """Teacher plans by backward reasoning from each reference solution, filtered, deduplicated and verified."""
+    from codelift.config import PlanGenerateConfig, load_config
+    from codelift.generate import backend_options
+    from codelift.plans.teacher import generate_plans
+
+    cfg = load_config(PlanGenerateConfig, config, dict(plans_per_task=plans_per_task, temperature=temperature,
+                                                       verify=verify, limit=limit, seed=seed))
+    options = backend_options(backend, dtype=dtype, batch_size=batch_size, endpoint=endpoint,
+                              endpoint_model=endpoint_model, api_key_env=api_key_env,
+                              tensor_parallel_size=tensor_parallel_size, progress=False)
+    report = generate_plans(teacher, data, out, cfg, backend=backend, generator_options=options)
+    console.print(_table(f"plans -> {out}", {**report["counts"], "kept plans": report["kept"],
+                                             "tasks with a kept plan": f"{report['tasks_with_a_plan']} / {report['tasks']}"},
+                         "plans"))
 
 
 @app.command()
