@@ -389,6 +389,36 @@ def plan_generate(teacher: Annotated[str, typer.Option(help="Teacher: embedded n
                          "plans"))
 
 
+@plan_app.command("train")
+def plan_train(student: Annotated[str, typer.Option(help="Student: model name, folder, or an SFT run folder (its merged model).")],
+               data: Annotated[str, typer.Option(help="Training tasks (the file the plans were written for).")],
+               plans: Annotated[str, typer.Option(help="Kept plans from `codelift plan generate`.")],
+               out: Annotated[Path, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, loss.png.")],
+               lambda_plan: Annotated[float | None, typer.Option("--lambda", help="Weight of the plan task: (1 - lambda) * L_code + lambda * L_plan (default 0.5).")] = None,
+               code_with_plan: Annotated[str | None, typer.Option(help="Code examples: both (with and without a plan, default), plan (with one) or none.")] = None,
+               method: Method = None, config: ConfigFile = None, validation: Validation = None,
+               epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+               learning_rate: LearningRate = None, optimizer: Optimizer = None,
+               grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+               max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+    """Multi-task fine-tuning: [GEN_CODE] (optionally given a plan) and [GEN_PLAN], each task averaged over its own tokens.
+
+    Every SFT option applies. Re-running the same command resumes."""
+    from codelift.config import PlanConfig, load_config
+    from codelift.train.plan_train import train_plan
+
+    overrides = dict(lambda_plan=lambda_plan, code_with_plan=code_with_plan, method=method, epochs=epochs,
+                     max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+                     grad_accum=grad_accum, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                     max_length=max_length, seed=seed, report_to=report_to)
+    cfg = load_config(PlanConfig, config, overrides)
+    manifest = train_plan(student, data, plans, out, cfg, validation=validation, merge=merge)
+    if manifest:
+        console.print(_table(f"plan train (lambda={cfg.lambda_plan}) -> {out}",
+                             {**{k: manifest[k] for k in TRAINING_KEYS}, "code examples": manifest["examples"]["code"],
+                              "plan examples": manifest["examples"]["plan"]}))
+
+
 @app.command()
 def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig; omitted: the embedded defaults.")] = None,
         data_dir: DataDir = None,
