@@ -83,3 +83,18 @@ def test_eval_mode_plan_reports_filtered_pass_at_1_apart_and_records_candidates(
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and sum(r["selected"] for r in rows) == 2
     assert all({"plan", "visible_verdict", "visible_tests", "verdict"} <= set(r) for r in rows)
+
+
+def test_cli_generate_mode_plan_prints_every_candidate_and_the_choice(tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from codelift.cli import app
+
+    result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "Write a function to add two numbers.",
+                                      "--mode", "plan", "--plans", "2", "--max-new-tokens", "8", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert "candidate 1, plan 1" in result.output and "candidate 2, plan 2" in result.output
+    assert result.output.count("(chosen)") == 1
+    bad = CliRunner().invoke(app, ["plan", "train", "--student", str(tiny_model_dir), "--data", "x.jsonl",
+                                   "--plans", "p.jsonl", "--out", "o", "--code-with-plan", "sometimes"])
+    assert bad.exit_code != 0 and "code_with_plan" in str(bad.exception or bad.output)

@@ -152,18 +152,22 @@ Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.
 EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
 ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
 TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
+Plans = Annotated[int, typer.Option(help="--mode plan: distinct plans sampled per problem (N).")]
+CodesPerPlan = Annotated[int, typer.Option(help="--mode plan: programs per plan (M); M > 1 needs --temperature > 0.")]
+PlanTemperature = Annotated[float, typer.Option(help="--mode plan: temperature of the sampled plans.")]
 
 
 @app.command()
 def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
              prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
-             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct or chat.")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct, chat, or plan (a plan-trained model: plans, then code).")] = "plain",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
              index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
-             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
     """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
     from codelift.data import Task
     from codelift.evaluate.run import MODES, prompt_stop
@@ -181,6 +185,16 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
     options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
                               api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
     with make_generator(model, backend, **options) as generator:
+        if mode == "plan":  # no tests here: the candidate with the highest mean log-probability
+            from codelift.plans.sampling import plan_sampled_rows
+
+            rows = plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
+                                     plan_temperature=plan_temperature, temperature=temperature,
+                                     max_new_tokens=max_new_tokens)
+            for row in rows:
+                console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
+                console.print(f"{row['plan']}\n\n{row['completion']}", markup=False, highlight=False)
+            return
         text = render_prompt(task, fmt, generator.tokenizer, found.text)
         [result] = generator.generate([text], max_new_tokens=max_new_tokens, temperature=temperature,
                                       stop=prompt_stop(fmt))
@@ -294,7 +308,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
-             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct or chat.")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "plain",
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -308,8 +322,11 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
              index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
-             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
-    """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
+    """Generate solutions, run them in the sandbox, report pass@k and the other metrics.
+
+    --mode plan samples N plans x M programs per problem and picks one on the visible tests only."""
     from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
 
     if mode not in MODES:
@@ -328,7 +345,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
                          batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
                          context=context, examples=examples, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
-                         tensor_parallel_size=tensor_parallel_size)
+                         tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
+                         plan_temperature=plan_temperature)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
