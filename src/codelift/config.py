@@ -89,7 +89,7 @@ class PlanGenerateConfig(BaseModel):
     max_plan_tokens: int = Field(256, ge=1)
     max_code_tokens: int = Field(384, ge=1)  # verification: the teacher's code written from the plan
     verify: bool = True  # keep a plan only if code written from it passes the task's tests
-    copy_threshold: float = Field(0.5, gt=0, le=1)  # share of plan words inside 6-grams of the code: a copy
+    copy_threshold: float = Field(0.5, gt=0, le=1)  # share of plan words inside word 4-grams of the code: a copy
     min_steps: int = Field(2, ge=1)  # fewer numbered steps: not a numbered list
     limit: int | None = None  # the first N tasks only
     seed: int = 42
