@@ -98,3 +98,10 @@ def test_cli_generate_mode_plan_prints_every_candidate_and_the_choice(tiny_model
     bad = CliRunner().invoke(app, ["plan", "train", "--student", str(tiny_model_dir), "--data", "x.jsonl",
                                    "--plans", "p.jsonl", "--out", "o", "--code-with-plan", "sometimes"])
     assert bad.exit_code != 0 and "code_with_plan" in str(bad.exception or bad.output)
+
+
+def test_zero_plans_is_the_code_task_without_a_plan(tiny_model_dir, largest_pos):
+    with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
+        [row] = plan_sampled_rows(generator, [largest_pos], plans=0, codes_per_plan=1, plan_temperature=0.6,
+                                  temperature=0.0, max_new_tokens=8)
+    assert row["plan"] == "" and row["selected"] and row["plan_index"] == 0

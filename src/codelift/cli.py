@@ -152,7 +152,7 @@ Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.
 EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
 ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
 TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
-Plans = Annotated[int, typer.Option(help="--mode plan: distinct plans sampled per problem (N).")]
+Plans = Annotated[int, typer.Option(help="--mode plan: distinct plans sampled per problem (N); 0: [GEN_CODE] without a plan.")]
 CodesPerPlan = Annotated[int, typer.Option(help="--mode plan: programs per plan (M); M > 1 needs --temperature > 0.")]
 PlanTemperature = Annotated[float, typer.Option(help="--mode plan: temperature of the sampled plans.")]
 

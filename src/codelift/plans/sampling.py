@@ -9,6 +9,7 @@ is chosen; when none does, the one that passes the most visible tests, then the 
 highest mean log-probability. Selection only ever sees a copy of the task whose tests are its
 visible tests (`visible_only`), so the hidden tests cannot leak into it (tested). The budget is
 N x M programs per task; its pass rate is reported as "filtered pass@1", never as plain pass@1.
+`--plans 0` asks the same model's code task without a plan: the baseline of the same student.
 """
 
 from __future__ import annotations
@@ -89,14 +90,15 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
     its plan, its visible-test verdict and statuses, and its share of the generation time."""
     from codelift.generate import extract_code
 
-    if plans < 1 or codes_per_plan < 1:
-        raise CodeliftError(f"--plans and --codes-per-plan must be at least 1, got {plans} and {codes_per_plan}.")
+    if plans < 0 or codes_per_plan < 1:
+        raise CodeliftError(f"--plans must be 0 or more and --codes-per-plan at least 1, got {plans} and "
+                            f"{codes_per_plan}.")
     if codes_per_plan > 1 and temperature == 0:
         raise CodeliftError(f"--codes-per-plan {codes_per_plan} with --temperature 0: greedy programs from one plan "
                             f"are identical; give a sampling temperature such as 0.6.")
     task_plans = distinct_plans(generator, tasks, plans, temperature=plan_temperature, max_new_tokens=max_new_tokens,
-                                seed=seed)
-    task_plans = [found or [""] for found in task_plans]  # no usable plan: code without one
+                                seed=seed) if plans else [[] for _ in tasks]
+    task_plans = [found or [""] for found in task_plans]  # --plans 0 or no usable plan: code without one
     pairs = [(t, j, plan) for t, found in enumerate(task_plans) for j, plan in enumerate(found)]
     programs = generator.generate([student_code_prompt(tasks[t], plan) for t, _, plan in pairs], n=codes_per_plan,
                                   max_new_tokens=max_new_tokens, temperature=temperature, stop=STOP, seed=seed)
@@ -121,6 +123,6 @@ def plan_summary(summary: dict, rows: Sequence[dict], plans: int, codes_per_plan
     chosen = [r for r in rows if r["selected"]]
     renamed = {(f"candidate_{k}" if k.startswith("pass@") else k): v for k, v in summary.items()}
     return renamed | {"filtered_pass@1": sum(r["passed"] for r in chosen) / len(chosen),
-                      "sample_budget": f"{plans} plans x {codes_per_plan} programs = {plans * codes_per_plan}",
+                      "sample_budget": f"{plans} plans x {codes_per_plan} programs = {max(plans, 1) * codes_per_plan}",
                       "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
                       "mean_distinct_plans": len({(r["task_id"], r["plan_index"]) for r in rows}) / len(chosen)}
