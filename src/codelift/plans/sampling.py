@@ -117,11 +117,11 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
 
 
 def plan_summary(summary: dict, rows: Sequence[dict], plans: int, codes_per_plan: int) -> dict:
-    """The evaluation summary of a plan-sampled run: pass@k over all candidates becomes
-    candidate_pass@k (one unselected candidate), and filtered pass@1 (the chosen candidate) stands
-    apart with its budget."""
+    """The evaluation summary of a plan-sampled run: pass@k and em@k over all candidates become
+    candidate_pass@k and candidate_em@k (unselected candidates), and filtered pass@1 (the chosen
+    candidate) stands apart with its budget."""
     chosen = [r for r in rows if r["selected"]]
-    renamed = {(f"candidate_{k}" if k.startswith("pass@") else k): v for k, v in summary.items()}
+    renamed = {(f"candidate_{k}" if k.startswith(("pass@", "em@")) else k): v for k, v in summary.items()}
     return renamed | {"filtered_pass@1": sum(r["passed"] for r in chosen) / len(chosen),
                       "sample_budget": f"{plans} plans x {codes_per_plan} programs = {max(plans, 1) * codes_per_plan}",
                       "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
