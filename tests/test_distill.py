@@ -272,19 +272,28 @@ def test_on_policy_run_trains_with_the_student_samples(tiny_model_dir, teacher_d
 
 def test_sequence_mode_learns_from_teacher_answers_across_tokenizers(tiny_model_dir, teacher_dir, tasks_file,
                                                                       tmp_path):
-    """The teacher has another vocabulary: logit KD refuses it, sequence KD goes through its text."""
+    """The teacher has another vocabulary: logit KD refuses it, sequence KD goes through its text.
+
+    A tiny random teacher writes no code, so the first run ends with one sentence after logging
+    every answer; with answers that hold code (the log is resumed, not regenerated) the student trains."""
     other = _shuffled_tokenizer(teacher_dir, tmp_path / "other-teacher")
-    cfg = DistillConfig(mode="sequence", max_new_tokens=24, max_steps=2, batch_size=4, max_length=96,
+    cfg = DistillConfig(mode="sequence", max_new_tokens=16, max_steps=2, batch_size=4, max_length=96,
                         eval_every_epochs=1.0, eval_before_training=False, bf16=False)
     out = tmp_path / "seq"
-    manifest = train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
-    answers = [json.loads(line) for line in (out / "teacher_answers.jsonl").read_text().splitlines()]
+    with pytest.raises(CodeliftError, match="none of the teacher's 24 answers was kept"):
+        train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
+    log = out / "teacher_answers.jsonl"
+    answers = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(answers) == 24 and all({"task_id", "answer", "code"} <= set(a) for a in answers)
-    counts = manifest["teacher_answers"]
-    assert sum(counts.values()) == 24 and manifest["stage"] == "distill" and manifest["steps"] == 2
+
+    tasks = load_tasks(str(tasks_file))
+    write_jsonl(log, ({**a, "code": t.solution if i % 3 else "no code here"} for i, (a, t) in
+                      enumerate(zip(answers, tasks))))
+    manifest = train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
+    assert manifest["teacher_answers"] == {"dropped: no Python code": 8, "kept": 16}
+    assert manifest["stage"] == "distill" and manifest["steps"] == 2
     kept = [json.loads(line) for line in (out / "teacher_data.jsonl").read_text().splitlines()]
-    by_id = {a["task_id"]: a["code"].strip() for a in answers}
-    assert len(kept) == counts.get("kept", 0) and all(k["solution"].strip() == by_id[k["task_id"]] for k in kept)
+    assert [k["task_id"] for k in kept] == [t.task_id for i, t in enumerate(tasks) if i % 3]
 
 
 def test_sequence_filter_keeps_only_answers_that_pass_their_tests(data_dir):

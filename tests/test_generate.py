@@ -122,6 +122,8 @@ def test_bad_settings_are_one_clear_error(tiny_model_dir):
             gen.generate(["x"], max_new_tokens=0)
         with pytest.raises(CodeliftError, match="top_p must be in"):
             gen.generate(["x"], temperature=1.0, top_p=0.0)
+        with pytest.raises(CodeliftError, match="prompt 1 is empty"):
+            gen.generate(["x", ""])
 
 
 def test_openai_backend_names_an_endpoint_it_cannot_reach(tiny_model_dir):

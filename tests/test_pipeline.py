@@ -1,32 +1,155 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from codelift.cli import app
+from codelift.config import RunConfig, load_config, with_settings
+from codelift.errors import CodeliftError
+from codelift.pipeline import check_run
 
 
-def test_run_goes_from_data_to_the_ablation_table(tiny_model_dir, data_dir, tmp_path):
+def test_run_goes_from_data_to_the_ablation_and_the_report(tiny_model_dir, data_dir, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"""model: {tiny_model_dir}
-train: ["mbpp:prompt"]
+    config.write_text(f"""
+data: {{train: ["mbpp:prompt"]}}
+teacher:
+  model: {tiny_model_dir}
+  sft: {{enabled: true, method: full, max_steps: 1, batch_size: 2, max_length: 128}}
+student: {{keep_layers: 2}}
 sft: {{method: lora, max_steps: 2, batch_size: 2, max_length: 128}}
-knowledge_base: ["mbpp:prompt"]
-eval_limit: 2
+distill: {{enabled: true, method: lora, max_steps: 1, batch_size: 2, max_length: 128, eval_before_training: false}}
+rag: {{knowledge_base: ["mbpp:prompt"]}}
+eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
 """)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", str(config), "--data-dir", str(data_dir), "--out", str(out)])
+    args = ["run", str(config), "--data-dir", str(data_dir), "--out", str(out), "--set", "sft.lora_r=4"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    ablation = json.loads((out / "ablation.json").read_text())
-    assert list(ablation) == ["base", "sft", "sft+rag"]
-    assert all(0 <= row["pass@1"] <= 1 for row in ablation.values())
-    for name in ablation:
-        assert len((out / "eval" / name / "samples.jsonl").read_text().splitlines()) == 2
-    assert (out / "sft" / "merged" / "config.json").is_file() and (out / "index" / "manifest.json").is_file()
-    assert "sft+rag" in result.output and "pass@1" in result.output
+    ablation = json.loads((out / "eval" / "ablation.json").read_text())
+    rows = ablation["benchmarks"]["mbpp:validation"]
+    assert [r["variant"] for r in rows] == ["base", "sft", "sft+kd", "sft+kd+rag", "teacher"]
+    assert all(0 <= r["ci_low"] <= r["pass@1"] <= r["ci_high"] <= 1 for r in rows)
+    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd+rag"]
+    assert rows[0]["parameters"] < rows[4]["parameters"]  # 2 of the teacher's 4 layers
+    assert rows[2]["kl_to_teacher"] > 0 and rows[3]["kl_to_teacher"] == rows[2]["kl_to_teacher"]
+    assert rows[4]["kl_to_teacher"] is None
+    assert json.loads((out / "distill" / "run.json").read_text())["config"]["alpha"] == 0.5  # DistillConfig's
+    for name in ("base", "sft", "sft+kd", "sft+kd+rag", "teacher"):
+        assert len((out / "eval" / name / "mbpp-validation" / "samples.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "sft" / "run.json").read_text())["config"]["lora_r"] == 4
+    assert json.loads((out / "student" / "model" / "pruning.json").read_text())["kept_layers"] == [0, 3]
+    assert (out / "report.html").is_file() and "report.html" in result.output
+    assert "sft+kd+rag" in result.output and "pass@1" in result.output
+    for figure in ("sft-loss", "distill-kd", "distill-kl", "teacher-loss"):
+        assert (out / "report" / f"{figure}.png").is_file()
+
+    again = CliRunner().invoke(app, args)  # every stage finished: skipped
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already done") == 7  # plan is off
+    changed = CliRunner().invoke(app, [*args[:-1], "sft.lora_r=8"])
+    assert changed.exit_code != 0 and "other settings" in str(changed.exception)
 
 
-def test_run_config_errors_name_the_field(tmp_path):
+def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("sft: {method: lora, lora_r: lots}\n")
-    result = CliRunner().invoke(app, ["run", str(config)])
-    assert result.exit_code != 0 and "sft.lora_r" in str(result.exception)
+    config.write_text("sft: {method: ia3}\n")
+    cfg = load_config(RunConfig, config, sets=["eval.limit=5", "sft.target_modules=[q_proj]", "teacher.model=t"])
+    assert cfg.sft.method == "ia3" and cfg.sft.max_steps == 20  # the demo's step limit survives
+    assert cfg.eval.limit == 5 and cfg.eval.mode == "instruct" and cfg.sft.target_modules == ["q_proj"]
+    assert cfg.teacher.model == "t" and cfg.teacher.sft.enabled is False
+    qlora = load_config(RunConfig, None, sets=["sft.method=qlora4"]).sft.resolved()
+    assert qlora.lora_r == 8 and qlora.grad_accum == 8  # presets still fill what the user left unset
+
+
+@pytest.mark.parametrize("text,sets,message", [
+    ("sft:\n  method: lora\n  lora_r: lots\n", [], "line 3: field 'sft.lora_r'"),
+    ("sft: {method: prompt}\n", [], "line 1: sft.method: prompt tuning learns virtual tokens"),
+    ("student: {keep_layers: 10}\n", [], "student.keep_layers: needs a teacher"),
+    ("teacher: {model: t}\nstudent: {keep_layers: 3, model: s}\n", [], "give either model"),
+    ("", ["sft.no_such_setting=1"], "field 'sft.no_such_setting'"),
+    ("", ["sft.lora_r"], "expected KEY.PATH=VALUE"),
+    ("distill:\n  enabled: true\n  alpha: 2\n", ["teacher.model=t"], "line 3: field 'distill.alpha'"),
+    ("distill: {enabled: true}\n", [], "distill.enabled: needs a teacher"),
+])
+def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    with pytest.raises(CodeliftError, match=message.replace("(", r"\(")):
+        load_config(RunConfig, config, sets=sets)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["rag.knowledge_base=[mbpp:trian]"], "rag.knowledge_base: 'mbpp:trian': unknown split 'trian'"),
+    (["data.train=[leetcode]"], "data.train: 'leetcode': unknown source"),
+    (["eval.benchmarks=[humaneval, apps]"], "eval.benchmarks: 'apps'"),
+    (["plan.enabled=true"], "plan.enabled: plan distillation is not part of this build"),
+])
+def test_the_whole_run_is_checked_before_any_work(sets, message):
+    cfg = load_config(RunConfig, None, sets=sets)
+    with pytest.raises(CodeliftError, match=message):
+        check_run(cfg, None)
+
+
+def test_a_kd_or_kl_pair_must_share_the_tokenizer(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    other = tmp_path / "other"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300)).save_pretrained(other)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["<extra_token>"])
+    tokenizer.save_pretrained(other)
+    cfg = load_config(RunConfig, None, sets=[f"teacher.model={tiny_model_dir}", f"student.model={other}"])
+    with pytest.raises(CodeliftError, match="eval.kl_to_teacher: .* different tokenizers"):
+        check_run(cfg, None)
+    logit_kd = with_settings(cfg, {"eval.kl_to_teacher": False, "distill.enabled": True})
+    with pytest.raises(CodeliftError, match="distill.mode: .* different tokenizers"):
+        check_run(logit_kd, None)
+    check_run(with_settings(logit_kd, {"distill.mode": "sequence"}), None)  # learns from the teacher's text
+    same = load_config(RunConfig, None, sets=[f"teacher.model={tiny_model_dir}", f"student.model={tiny_model_dir}"])
+    check_run(same, None)
+
+
+@pytest.mark.parametrize("name", ["quick", "qwen", "codegen"])
+def test_the_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = load_config(RunConfig, config)
+    assert cfg.teacher.model and cfg.eval.benchmarks and cfg.distill.enabled
+    check_run(with_settings(cfg, {"eval.kl_to_teacher": False, "distill.enabled": False}), None)  # specs, no models
+
+
+def test_measure_reports_each_blocks_own_peak_memory():
+    import numpy as np
+
+    from codelift.pipeline import measure
+
+    with measure() as big:
+        block = np.ones(50 * 2**20 // 8)  # 50 MiB, touched
+        block += 1
+    del block
+    with measure() as small:
+        pass
+    assert big["peak_memory_mb"] - small["peak_memory_mb"] > 40  # the first peak does not leak into the second
+
+
+def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(tiny_model_dir, data_dir, tmp_path):
+    from rich.console import Console
+
+    from codelift.config import DistillStage
+    from codelift.data import load_tasks
+    from codelift.io import write_jsonl
+    from codelift.pipeline import Context, Stage, distill
+
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, (t.to_dict() for t in load_tasks("mbpp", "prompt", data_dir=data_dir)))
+    model = Stage("student", tmp_path, {"model": str(tiny_model_dir)}, "fp")
+    settings = DistillStage(enabled=True, cache_top_k=8, method="lora", max_steps=1, batch_size=2, max_length=128,
+                            eval_before_training=False)
+    outputs = distill(tmp_path / "kd", settings, model, model, Stage("data", tmp_path, {"train": str(train)}, "fp"),
+                      ctx=Context(data_dir, "none", Console(quiet=True)))
+    assert outputs["model"] == str(tmp_path / "kd" / "merged")
+    assert json.loads((tmp_path / "kd" / "teacher_cache" / "manifest.json").read_text())["top_k"] == 8
+    manifest = json.loads((tmp_path / "kd" / "run.json").read_text())
+    assert manifest["teacher_cache"] == str(tmp_path / "kd" / "teacher_cache") and manifest["steps"] == 1

@@ -128,6 +128,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
         (post(completions, {"model": NAME, "prompt": "word " * 600, "max_tokens": 4}), 400),  # over 512 tokens
         (post(completions, {"model": NAME, "prompt": "x" * 30_000, "max_tokens": 4}), 413),
         (post(completions, {"model": NAME, "prompt": "a"}, key=None), 401),
+        (post(completions, {"model": NAME, "prompt": "", "max_tokens": 2}), 400),
     ]
     for (status, body), expected in cases:
         assert status == expected, body
@@ -153,3 +154,40 @@ def test_openai_backend_gives_the_hf_verdicts(server, tiny_model_dir, tmp_path, 
     assert [(r["task_id"], r["raw"], r["verdict"], r["new_tokens"]) for r in rows[0]] == \
         [(r["task_id"], r["raw"], r["verdict"], r["new_tokens"]) for r in rows[1]]
     assert local["verdicts"] == remote["verdicts"]
+
+
+def test_rag_puts_retrieved_examples_into_the_prompt_as_eval_does(generator, data_dir, tmp_path):
+    """The server's chat prompt with --context rag equals eval's rendering of the same problem."""
+    from codelift.data import Task, load_tasks
+    from codelift.generate import Generator
+    from codelift.prompts import SYSTEM_PROMPT, render_prompt
+    from codelift.rag import build_index, load_index
+    from codelift.rag.context import task_contexts
+    from codelift.serve import RagSettings
+
+    class Recording(Generator):
+        """The real generator, keeping the prompts it was given."""
+
+        def __init__(self):
+            self.tokenizer, self.context_length, self.prompts = generator.tokenizer, generator.context_length, []
+
+        def generate(self, prompts, **kw):
+            self.prompts += prompts
+            return generator.generate(prompts, **kw)
+
+    build_index(load_tasks("mbpp", "prompt", data_dir=data_dir), tmp_path / "index", kind="flat", progress=False)
+    retriever = load_index(tmp_path / "index")
+    recording = Recording()
+    server, thread, url = start_server(build_app(recording, NAME, rag=RagSettings(retriever, 2)))
+    try:
+        question = "Write a function to find the shared elements from the given two lists."
+        with openai.OpenAI(base_url=url, api_key="none", max_retries=0) as c:
+            c.chat.completions.create(model=NAME, max_tokens=2, messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                                                                          {"role": "user", "content": question}])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    task = Task("request", question, "")
+    [context] = task_contexts([task], "rag", 2, retriever, "chat")
+    assert recording.prompts == [render_prompt(task, "chat", generator.tokenizer, context.text)]
+    assert recording.prompts[0].count("<example ") == 2 and len(context.example_ids) == 2

@@ -60,6 +60,10 @@ def test_method_presets_fill_only_unset_fields():
     qlora = SFTConfig(method="qlora4", lora_r=4).resolved()
     assert (qlora.lora_r, qlora.lora_alpha, qlora.grad_accum, qlora.lr_scheduler) == (4, 32, 8, "cosine")
     assert qlora.optimizer == "paged_adamw_8bit" and qlora.learning_rate == 3e-4
+    assert SFTConfig(method="lora").resolved().gradient_checkpointing
+    assert not SFTConfig(method="prefix").resolved().gradient_checkpointing
+    with pytest.raises(CodeliftError, match="prefix tuning"):
+        SFTConfig(method="prefix", gradient_checkpointing=True).resolved()
 
 
 def test_config_errors_name_file_and_field(tmp_path):

@@ -437,15 +437,70 @@ def plan_train(student: Annotated[str, typer.Option(help="Student: model name, f
                               "plan examples": manifest["examples"]["plan"]}))
 
 
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Change any setting: KEY.PATH=VALUE (YAML value), repeatable, e.g. --set sft.lora_r=8.")]
+
+
+def _run_out(config: Path | None, out: Path | None) -> Path:
+    return out or Path("runs") / (config.stem if config else "default")
+
+
 @app.command()
-def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig; omitted: the embedded defaults.")] = None,
-        data_dir: DataDir = None,
-        out: Annotated[Path, typer.Option(help="Folder for every artifact of the run.")] = Path("runs/default")):
-    """The whole recipe: data, SFT, index, and the base / SFT / SFT+RAG evaluation table."""
+def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig (configs/quick.yaml, ...); omitted: the embedded demo.")] = None,
+        set_: Sets = None, data_dir: DataDir = None,
+        out: Annotated[Path | None, typer.Option(help="Folder for every artifact (default runs/CONFIG_NAME); re-running resumes.")] = None):
+    """The whole recipe: data, teacher, student, SFT, KD, index, the ablation of every variant, and the report.
+
+    The config and --set change only the settings they name; all of it is checked before any work.
+
+    Re-running the same command skips finished stages and resumes an interrupted one."""
     from codelift.config import RunConfig, load_config
     from codelift.pipeline import run_pipeline
+    from codelift.report import print_ablation, write_report
 
-    run_pipeline(load_config(RunConfig, config, {}), out, data_dir=data_dir, console=console)
+    out = _run_out(config, out)
+    ablation = run_pipeline(load_config(RunConfig, config, sets=set_ or ()), out, data_dir=data_dir, console=console)
+    print_ablation(ablation, console)
+    report = write_report(out)
+    console.print(f"[bold]report:[/bold] {report} (and {report.with_suffix('.md')})")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `codelift run`.")]):
+    """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html (ablation, curves, charts, config)."""
+    from codelift.report import write_report
+
+    console.print(f"[bold]report:[/bold] {write_report(run_dir)}")
+
+
+@app.command()
+def tune(config: Annotated[Path, typer.Argument(help="YAML RunConfig; its tune: section declares the search.")],
+         target: Annotated[str | None, typer.Option(help="Stop when METRIC=VALUE is reached on validation, e.g. pass@1=0.3.")] = None,
+         max_rounds: Annotated[int | None, typer.Option(help="Most training rounds (default tune.max_rounds).")] = None,
+         patience: Annotated[int | None, typer.Option(help="Stop after this many rounds without a better score.")] = None,
+         set_: Sets = None, data_dir: DataDir = None,
+         out: Annotated[Path | None, typer.Option(help="Folder for the rounds and tune.jsonl (default runs/CONFIG_NAME-tune); re-running resumes.")] = None):
+    """Iterative tuning: train, score on the validation split (never the test split), change one setting, repeat.
+
+    Each round changes one setting of tune.space, starting from the best round so far.
+
+    It stops at the target, after --patience rounds without improvement, or at --max-rounds.
+
+    Rounds (settings, score, decision) are logged in OUT/tune.jsonl; re-running resumes."""
+    from codelift.config import RunConfig, load_config
+    from codelift.tune import run_tuning
+
+    sets = list(set_ or [])
+    if target is not None:
+        metric, sep, value = target.partition("=")
+        if not sep:
+            raise CodeliftError(f"--target '{target}': expected METRIC=VALUE, e.g. pass@1=0.3.")
+        sets += [f"tune.metric={metric}", f"tune.target={value}"]
+    sets += [f"tune.{name}={value}" for name, value in (("max_rounds", max_rounds), ("patience", patience))
+             if value is not None]
+    cfg = load_config(RunConfig, config, sets=sets)
+    result = run_tuning(cfg, out or Path(f"{_run_out(config, None)}-tune"), data_dir=data_dir, console=console)
+    console.print(f"[bold]stopped:[/bold] {result['stop_reason']}; best round {result['best_round']} "
+                  f"({cfg.tune.metric} {result['best_score']:.3f}): {result['best_settings'] or 'the config as given'}")
 
 
 def main() -> None:

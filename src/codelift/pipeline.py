@@ -1,78 +1,353 @@
-"""`codelift run`: the stages in order, every artifact under one folder.
+"""`codelift run`: the recipe, one line per stage, every artifact under one folder.
 
-model -> data (clean, decontaminate) -> SFT -> knowledge-base index -> evaluation of the base
-model, the fine-tuned one, and the fine-tuned one with retrieval -> ablation table. Each stage
-skips work its output folder already holds (SFT and eval resume), so a re-run continues.
+data -> teacher (given, or fine-tuned) -> student (given, or the teacher pruned) -> SFT -> KD
+-> plan distillation -> knowledge-base index -> evaluation of every variant (the ablation) ->
+report. Each stage writes its own folder and hands the next what it made. A stage is finished
+when its run.json carries the fingerprint of the settings and inputs it was made from: a re-run
+skips finished stages, resumes an interrupted one (SFT and evaluation continue from their
+checkpoints and logs) and refuses to build on a folder made with other settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from pydantic import BaseModel
 from rich.console import Console
-from rich.table import Table
 
-from codelift.config import RunConfig
+from codelift.config import EvalStage, RunConfig
 from codelift.data import load_sources
+from codelift.data.loaders import SPLITS
 from codelift.data.prepare import prepare
-from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.errors import CodeliftError
+from codelift.evaluate.ablation import Variant, ablation_table
+from codelift.evaluate.run import BENCHMARKS, EvalConfig, evaluate_model
 from codelift.io import run_manifest, write_json, write_jsonl
-from codelift.models import prepare_model
+from codelift.models import load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
 from codelift.train.sft import train_sft
 
-ABLATION_METRICS = ("pass@1", "avg_tests_passed", "syntax_valid", "codebleu")
+
+def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, console: Console | None = None) -> dict:
+    """Run every configured stage into `out`; returns the ablation (also in eval/ablation.json)."""
+    check_run(cfg, data_dir)
+    stages = Stages(out, Context(data_dir, cfg.report_to, console or Console()))
+    write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
+    models = train_models(cfg, stages)
+    index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
+    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models, index)
+    return json.loads(Path(evaluation.outputs["ablation"]).read_text())
 
 
-def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None, console: Console) -> dict:
-    console.rule("1. model")
-    model_path = prepare_model(cfg.model)
-    console.print(f"{cfg.model} -> {model_path}")
+def train_models(cfg: RunConfig, stages: Stages) -> tuple[Stage, ...]:
+    """The stages that make models: (teacher, student, sft, kd, plan); a stage that is off hands on
+    its input, so the last one always holds the final student."""
+    data = stages.run("data", prepare_data, cfg.data)
+    teacher = stages.run("teacher", make_teacher, cfg.teacher, data, enabled=cfg.teacher.model is not None)
+    student = stages.run("student", make_student, cfg.student, teacher)
+    sft = stages.run("sft", fine_tune, cfg.sft, student, data, enabled=cfg.sft.enabled)
+    kd = stages.run("distill", distill, cfg.distill, sft, teacher, data, enabled=cfg.distill.enabled)
+    plan = stages.run("plan", plan_distill, cfg.plan, kd, teacher, data, enabled=cfg.plan.enabled)
+    return teacher, student, sft, kd, plan
 
-    console.rule("2. data")
+
+# --- Validation of the whole run, before any work ------------------------------------------------
+
+def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
+    """What the config's own checks cannot see: data specs against the loaders, the plan stage this
+    build lacks, and teacher/student pairs that must share a tokenizer."""
+    for where, specs in (("data.train", cfg.data.train), ("data.validation", [cfg.data.validation]),
+                         ("rag.knowledge_base", cfg.rag.knowledge_base if cfg.rag.enabled else [])):
+        for spec in specs:
+            check_source_spec(spec, where)
+    for spec in cfg.eval.benchmarks:
+        check_benchmark_spec(spec)
+    if cfg.plan.enabled:
+        raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10); "
+                            "set plan.enabled: false.")
+    logit_kd = cfg.distill.enabled and cfg.distill.mode != "sequence"  # sequence KD learns from text
+    needs_same_tokenizer = logit_kd or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
+    if needs_same_tokenizer and cfg.student.keep_layers is None:
+        check_same_tokenizer(cfg)
+
+
+def check_source_spec(spec: str, where: str) -> None:
+    """`SOURCE[:SPLIT[,SPLIT]]` with a source and splits the loaders know, or an existing file."""
+    if Path(spec).is_file():
+        return
+    if spec.endswith((".json", ".jsonl")):
+        raise CodeliftError(f"{where}: '{spec}': file not found.")
+    source, _, splits = spec.partition(":")
+    if source not in SPLITS:
+        raise CodeliftError(f"{where}: '{spec}': unknown source '{source}'; expected one of "
+                            f"{', '.join(SPLITS)} or a JSON/JSONL file.")
+    for split in filter(None, splits.split(",")):
+        if split not in SPLITS[source]:
+            raise CodeliftError(f"{where}: '{spec}': unknown split '{split}' for {source}; expected one of "
+                                f"{', '.join(SPLITS[source])}.")
+
+
+def check_benchmark_spec(spec: str) -> None:
+    benchmark, _, split = spec.partition(":")
+    if benchmark not in BENCHMARKS and not Path(spec).is_file():
+        raise CodeliftError(f"eval.benchmarks: '{spec}': expected {', '.join(BENCHMARKS)} (with :SPLIT for mbpp) "
+                            f"or a task JSONL file.")
+    if "," in split:
+        raise CodeliftError(f"eval.benchmarks: '{spec}': one split per benchmark entry; list it twice instead.")
+    check_source_spec(spec, "eval.benchmarks")
+
+
+def check_same_tokenizer(cfg: RunConfig) -> None:
+    """KD and KL compare distributions token by token: the two vocabularies must be identical."""
+    student, teacher = load_tokenizer(cfg.student.model), load_tokenizer(cfg.teacher.model)
+    if student.get_vocab() != teacher.get_vocab():
+        need = "distill.mode" if cfg.distill.enabled and cfg.distill.mode != "sequence" else "eval.kl_to_teacher"
+        raise CodeliftError(f"{need}: the student {cfg.student.model} and the teacher {cfg.teacher.model} have "
+                            f"different tokenizers ({len(student)} and {len(teacher)} tokens); KD and KL need one "
+                            f"vocabulary. Pick a pair that shares it, prune the teacher (student.keep_layers), or "
+                            f"use distill.mode: sequence and eval.kl_to_teacher: false.")
+
+
+# --- Stages: each reads its settings and inputs, writes into its folder, returns its outputs -------
+
+@dataclass(frozen=True)
+class Context:
+    data_dir: Path | None
+    report_to: str
+    console: Console
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage hands the next: its folder, its outputs (paths), and whether it ran at all
+    (a disabled stage hands on its first input's outputs unchanged)."""
+
+    name: str
+    folder: Path
+    outputs: dict
+    fingerprint: str
+    ran: bool = True
+    cost: dict = field(default_factory=dict)  # wall_seconds, peak_memory_mb
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Runs stages into `out/<stage>` (or, keyed, into `out/<stage>-<fingerprint>`, so runs with
+    other settings downstream share the folders of the stages they have in common)."""
+
+    out: Path
+    ctx: Context
+    keyed: bool = False
+
+    def run(self, name: str, make: Callable[..., dict], settings: BaseModel, *inputs: Stage,
+            enabled: bool = True) -> Stage:
+        made_from = [name, settings.model_dump(mode="json", exclude={"report_to"}), [i.fingerprint for i in inputs]]
+        fingerprint = hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]  # trackers change no artifact
+        if not enabled:
+            passed_on = inputs[0] if inputs else None
+            return Stage(name, self.out, passed_on.outputs if passed_on else {},
+                         passed_on.fingerprint if passed_on else fingerprint, ran=False)
+        folder = self.out / (f"{name}-{fingerprint}" if self.keyed else name)
+        self.ctx.console.rule(f"{name}")
+        done = finished(folder)
+        if done is not None and done["fingerprint"] == fingerprint:
+            self.ctx.console.print(f"already done -> {folder}")
+            return Stage(name, folder, done["outputs"], fingerprint, cost=done["cost"])
+        check_started(folder, name, fingerprint)
+        with measure() as cost:
+            outputs = make(folder, settings, *inputs, ctx=self.ctx)
+        manifest_path = folder / "run.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else run_manifest(
+            settings.model_dump(), stage=name)
+        manifest["pipeline"] = {"stage": name, "fingerprint": fingerprint, "outputs": outputs, "cost": cost,
+                                "inputs": {i.name: str(i.folder) for i in inputs if i.ran}}
+        write_json(manifest_path, manifest)
+        self.ctx.console.print(f"{name}: {cost['wall_seconds']:.0f} s, peak {cost['peak_memory_mb']:.0f} MiB -> {folder}")
+        return Stage(name, folder, outputs, fingerprint, cost=cost)
+
+
+def finished(folder: Path) -> dict | None:
+    """The pipeline record of a finished stage folder, else None."""
+    path = folder / "run.json"
+    return json.loads(path.read_text()).get("pipeline") if path.is_file() else None
+
+
+def check_started(folder: Path, name: str, fingerprint: str) -> None:
+    """A folder is resumed (or redone) only with the settings and inputs that started it."""
+    marker = folder / "stage.json"
+    if marker.is_file() and json.loads(marker.read_text())["fingerprint"] != fingerprint:
+        raise CodeliftError(f"{folder} holds the {name} stage made with other settings or inputs; use another "
+                            f"--out, or remove {folder} (and the stages after it) to redo it.")
+    write_json(marker, {"stage": name, "fingerprint": fingerprint})
+
+
+@contextlib.contextmanager
+def measure() -> Iterator[dict]:
+    """Wall time and peak resident memory (and GPU memory where CUDA runs) of the block. The peak
+    is reset first (Linux `clear_refs` 5), so each stage reports its own."""
+    cost: dict = {}
+    with contextlib.suppress(OSError):  # elsewhere the peak is the process's so far
+        Path("/proc/self/clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    began = time.monotonic()
+    yield cost
+    cost["wall_seconds"] = round(time.monotonic() - began, 1)
+    cost["peak_memory_mb"] = round(peak_rss_mb(), 1)
+    if torch.cuda.is_available():
+        cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset (VmHWM), else since it started."""
+    import resource
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_data(folder: Path, settings, *, ctx: Context) -> dict:
+    """Clean (and decontaminate) every training source into one train.jsonl; copy the validation set."""
     kept = []
-    for spec in cfg.train:
+    for spec in settings.train:
         source, _, split = spec.partition(":")
-        tasks, counts, _ = prepare(source, split or None, out / "data" / f"{source}-{split}.jsonl", data_dir=data_dir)
+        tasks, counts, _ = prepare(source, split or None, folder / f"{Path(source).stem}-{split}.jsonl",
+                                   data_dir=ctx.data_dir)
         dropped = ", ".join(f"{reason} {n}" for reason, n in counts.items() if reason != "kept" and n)
-        console.print(f"{spec}: kept {counts['kept']} of {sum(counts.values())} (dropped: {dropped or 'none'})")
+        ctx.console.print(f"{spec}: kept {counts['kept']} of {sum(counts.values())} (dropped: {dropped or 'none'})")
         kept += tasks
-    train_file, validation_file = out / "data" / "train.jsonl", out / "data" / "validation.jsonl"
-    write_jsonl(train_file, (t.to_dict() for t in kept))
-    write_jsonl(validation_file, (t.to_dict() for t in load_sources([cfg.validation], data_dir)))
+    if settings.limit:
+        kept = kept[:settings.limit]
+    train, validation = folder / "train.jsonl", folder / "validation.jsonl"
+    write_jsonl(train, (t.to_dict() for t in kept))
+    write_jsonl(validation, (t.to_dict() for t in load_sources([settings.validation], ctx.data_dir)))
+    return {"train": str(train), "validation": str(validation), "train_tasks": len(kept)}
 
-    console.rule(f"3. SFT ({cfg.sft.method})")
-    sft_dir = out / "sft"
-    merged = sft_dir / ("model" if cfg.sft.method == "full" else "merged")
-    if not (merged / "config.json").is_file():
-        train_sft(model_path, str(train_file), sft_dir, cfg.sft, validation=str(validation_file),
-                  merge=cfg.sft.method != "full")
-    console.print(f"fine-tuned model -> {merged}")
 
-    console.rule("4. knowledge-base index")
-    index_dir = out / "index"
-    if not (index_dir / "manifest.json").is_file():
-        build_index(load_sources(cfg.knowledge_base, data_dir), index_dir)
-    console.print(f"{', '.join(cfg.knowledge_base)} -> {index_dir}")
+def make_teacher(folder: Path, settings, data: Stage, *, ctx: Context) -> dict:
+    """The teacher as given, or fine-tuned on the training data first."""
+    if not settings.sft.enabled:
+        return {"model": prepare_model(settings.model)}
+    train_sft(settings.model, data.outputs["train"], folder, tracked(settings.sft, ctx.report_to),
+              validation=data.outputs["validation"], merge=settings.sft.method != "full")
+    return {"model": str(trained_model(folder))}
 
-    console.rule("5. evaluation")
-    variants = {"base": (model_path, "none"), "sft": (str(merged), "none"), "sft+rag": (str(merged), "rag")}
-    results = {}
-    for name, (model, context) in variants.items():
-        eval_cfg = EvalConfig(model=model, benchmark=cfg.benchmark, split=cfg.split, mode=cfg.mode,
-                              limit=cfg.eval_limit, context=context, examples=cfg.examples,
-                              index=str(index_dir) if context != "none" else None)
-        results[name] = evaluate_model(eval_cfg, out / "eval" / name, data_dir=data_dir)
-        console.print(f"{name}: pass@1 {results[name]['pass@1']:.3f}")
 
-    table = Table(title=f"{cfg.benchmark} {cfg.split} ({results['base']['tasks']} problems, {cfg.mode} prompts)")
-    table.add_column("variant")
-    for metric in ABLATION_METRICS:
-        table.add_column(metric, justify="right")
-    for name, summary in results.items():
-        table.add_row(name, *(f"{summary[m]:.3f}" if summary.get(m) is not None else "-" for m in ABLATION_METRICS))
-    console.print(table)
-    ablation = {name: {m: summary.get(m) for m in ABLATION_METRICS} for name, summary in results.items()}
-    write_json(out / "ablation.json", ablation)
-    write_json(out / "run.json", run_manifest(cfg.model_dump(), stage="run"))
-    return ablation
+def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dict:
+    """The student as given, or `keep_layers` evenly spaced layers of the teacher."""
+    if settings.keep_layers is None:
+        return {"model": prepare_model(settings.model)}
+    kept = prune_model(teacher.outputs["model"], settings.keep_layers, folder / "model")
+    ctx.console.print(f"kept teacher layers {kept}")
+    return {"model": str(folder / "model")}
+
+
+def fine_tune(folder: Path, settings, student: Stage, data: Stage, *, ctx: Context) -> dict:
+    train_sft(student.outputs["model"], data.outputs["train"], folder, tracked(settings, ctx.report_to),
+              validation=data.outputs["validation"], merge=settings.method != "full")
+    return {"model": str(trained_model(folder))}
+
+
+def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
+    """Distillation from the teacher into the (fine-tuned) student, in `distill.mode`."""
+    from codelift.train.distill import train_distill
+    from codelift.train.teacher_cache import build_teacher_cache
+
+    cfg = tracked(settings, ctx.report_to)
+    if settings.cache_top_k is None:  # online: the teacher runs beside the student at every step
+        train_distill(teacher.outputs["model"], student.outputs["model"], data.outputs["train"], folder, cfg,
+                      validation=data.outputs["validation"], merge=settings.method != "full")
+    else:  # the teacher runs once; the cache covers the training file, so validation is held out of it
+        cache = folder / "teacher_cache"
+        build_teacher_cache(teacher.outputs["model"], data.outputs["train"], cache, top_k=settings.cache_top_k,
+                            batch_size=settings.batch_size, max_length=settings.max_length, bf16=settings.bf16)
+        train_distill(None, student.outputs["model"], data.outputs["train"], folder, cfg, teacher_cache=str(cache),
+                      merge=settings.method != "full")
+    return {"model": str(trained_model(folder))}
+
+
+def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
+    raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10).")
+
+
+def tracked(settings: BaseModel, report_to: str) -> BaseModel:
+    """A training stage's settings with the run's `report_to`, unless the stage names its own."""
+    return settings if "report_to" in settings.model_fields_set else settings.model_copy(update={"report_to": report_to})
+
+
+def trained_model(folder: Path) -> Path:
+    """A training stage's plain model folder: the merged adapter, or the fully fine-tuned model."""
+    return folder / "merged" if (folder / "merged" / "config.json").is_file() else folder / "model"
+
+
+def build_knowledge_index(folder: Path, settings, *, ctx: Context) -> dict:
+    build_index(load_sources(settings.knowledge_base, ctx.data_dir), folder / "index", embedder=settings.embedder,
+                kind=settings.index)
+    return {"index": str(folder / "index")}
+
+
+def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
+                      plan: Stage, index: Stage, *, ctx: Context) -> dict:
+    """Every variant on every benchmark with one harness; then the ablation table."""
+    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index)
+    for benchmark in settings.benchmarks:
+        for variant in variants:
+            target = variant_folder(folder, variant.name, benchmark)
+            if (target / "summary.json").is_file():
+                continue
+            kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
+                and variant.name != "teacher" else None
+            ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
+            summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
+                                                 context=variant.context, index=variant.index),
+                                     target, data_dir=ctx.data_dir)
+            ctx.console.print(f"{variant.name}: pass@1 {summary['pass@1']:.3f}")
+    ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
+                                         for b in settings.benchmarks},
+                              resamples=settings.bootstrap_samples, confidence=settings.confidence)
+    write_json(folder / "ablation.json", ablation)
+    return {"ablation": str(folder / "ablation.json")}
+
+
+def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> EvalConfig:
+    """The one harness: every evaluation of a run takes its settings from `eval:`."""
+    source, _, split = benchmark.partition(":")
+    return EvalConfig(**{"model": model, "benchmark": source, "split": split or None, "mode": settings.mode,
+                         "n_samples": settings.n_samples, "temperature": settings.temperature,
+                         "limit": settings.limit, "max_new_tokens": settings.max_new_tokens,
+                         "batch_size": settings.batch_size, "timeout": settings.timeout,
+                         "codebleu": settings.codebleu, "examples": settings.examples, "backend": settings.backend,
+                         "dtype": settings.dtype, "tensor_parallel_size": settings.tensor_parallel_size, **changes})
+
+
+def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
+                      index: Stage) -> list[Variant]:
+    """The rows: the base student, then each training stage that ran (names accumulate: sft,
+    sft+kd, ...), the last of them with retrieval, and the teacher."""
+    variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
+    for stage, tag in ((sft, "sft"), (kd, "kd"), (plan, "plan")):
+        if stage.ran:
+            name = tag if variants[-1].name == "base" else f"{variants[-1].name}+{tag}"
+            variants.append(Variant(name, stage.outputs["model"], stage=stage.name, cost=stage.cost))
+    if index.ran:
+        last = variants[-1]
+        variants.append(Variant(f"{last.name}+rag", last.model, context="rag", index=index.outputs["index"],
+                                stage=index.name, cost=index.cost))
+    if teacher.ran and settings.teacher:
+        variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost))
+    return variants
+
+
+def variant_folder(folder: Path, variant: str, benchmark: str) -> Path:
+    return folder / variant / benchmark.replace(":", "-").replace("/", "_")
+

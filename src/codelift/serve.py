@@ -123,10 +123,12 @@ class Batcher:
                     results = await asyncio.to_thread(self.generator.generate, prompts, **jobs[0][1])
                 except Exception as e:  # answered as a 500 to these requests only
                     for _, _, done in jobs:
-                        done.set_exception(e)
+                        if not done.done():
+                            done.set_exception(e)
                     continue
                 for job_prompts, _, done in jobs:
-                    done.set_result(results[:len(job_prompts)])
+                    if not done.done():  # a client that hung up has cancelled its future
+                        done.set_result(results[:len(job_prompts)])
                     results = results[len(job_prompts):]
 
 
@@ -186,6 +188,8 @@ def build_app(generator: Generator, served_name: str, *, rag: RagSettings | None
                            param="max_tokens")
         if req.n > limits.max_n:
             raise APIError(400, f"n {req.n} is over this server's cap of {limits.max_n}", param="n")
+        if any(not prompt for prompt in prompts):
+            raise APIError(400, "prompt: expected non-empty text", param="prompt")
         if tokenizer is not None and generator.context_length:
             for prompt in prompts:
                 length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -23,11 +23,15 @@ INSTALL_HINT = ("pip install 'codelift[vllm]' on a CUDA machine, or 'codelift[vl
 class VLLMGenerator(Generator):
     backend = "vllm"
     OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
-               "progress")
+               "kv_cache_gib", "progress")
 
     def __init__(self, model: str, *, dtype: str | None = None, tensor_parallel_size: int = 1,
                  enforce_eager: bool = False, max_model_len: int | None = None,
-                 gpu_memory_utilization: float | None = None, progress: bool = True):
+                 gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None, progress: bool = True):
+        """On CPU, vLLM reserves `gpu_memory_utilization` of all RAM (0.92 by default) and refuses to
+        start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead."""
+        import torch
+
         from codelift.models.load import load_tokenizer, prepare_model
 
         began = time.perf_counter()
@@ -38,7 +42,10 @@ class VLLMGenerator(Generator):
             raise CodeliftError(f"--backend vllm needs vLLM ({e}): {INSTALL_HINT}.") from None
         path = prepare_model(model)
         self.tokenizer = load_tokenizer(path)
-        extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization).items()
+        if kv_cache_gib is None and gpu_memory_utilization is None and not torch.cuda.is_available():
+            kv_cache_gib = 2
+        extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                                       kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None).items()
                  if v is not None}
         self.llm = LLM(model=path, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, seed=0, **extra)

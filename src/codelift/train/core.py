@@ -144,7 +144,8 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
         logging_steps=1, report_to=cfg.report_to, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        remove_unused_columns=False, prediction_loss_only=True)
+        remove_unused_columns=False, prediction_loss_only=True,
+        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTConfig, *, token_loss: TokenLoss,

