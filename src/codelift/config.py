@@ -87,6 +87,36 @@ class DistillConfig(SFTConfig):
     filter_by_tests: bool = False  # sequence: keep only teacher answers that pass the task's tests
 
 
+class PlanGenerateConfig(BaseModel):
+    """`plan generate`: how the teacher writes plans by backward reasoning and how they are checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plans_per_task: int = Field(1, ge=1)  # 1: greedy; more: sampled at `temperature`, duplicates removed
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_plan_tokens: int = Field(256, ge=1)
+    max_code_tokens: int = Field(384, ge=1)  # verification: the teacher's code written from the plan
+    verify: bool = True  # keep a plan only if code written from it passes the task's tests
+    copy_threshold: float = Field(0.5, gt=0, le=1)  # share of plan words inside word 4-grams of the code: a copy
+    min_steps: int = Field(2, ge=1)  # fewer numbered steps: not a numbered list
+    limit: int | None = None  # the first N tasks only
+    seed: int = 42
+
+
+class PlanConfig(SFTConfig):
+    """`plan train`: every SFT setting, plus the two-task mix.
+
+    Loss per step = (1 - lambda_plan) * L_code + lambda_plan * L_plan, each the mean over its own
+    response tokens in the step (the accumulation window, all processes).
+    """
+
+    lambda_plan: float = Field(0.5, ge=0, le=1)
+    # Code examples: "both" = one without a plan plus one given each kept plan; "plan" = only
+    # plan-conditioned ones (tasks without a kept plan still get one without); "none" = never a plan.
+    code_with_plan: Literal["both", "plan", "none"] = "both"
+
+
 class SFTStage(SFTConfig):
     """SFT inside `codelift run`: every `SFTConfig` field, and whether the stage runs at all."""
 

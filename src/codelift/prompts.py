@@ -71,3 +71,61 @@ def chat_prompt(instruction: str, tokenizer, context: str = "") -> str:
     user = instruction if not context else f"{CONTEXT_HEADER}{context.strip()}\n\n{instruction}"
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# --- plans (CodePLAN) -----------------------------------------------------------------------------
+# The teacher writes a plan by backward reasoning (it sees the problem and a reference solution);
+# the student learns two tasks told apart by a marker: code (optionally given a plan) and plan.
+
+PLAN_PROMPT_VERSION = "plan-v1"  # recorded with every plan; bump when a plan template changes
+GEN_CODE, GEN_PLAN = "[GEN_CODE]", "[GEN_PLAN]"
+PLAN_HEADER = "Plan:\n"
+PLAN_SYSTEM_PROMPT = ("You explain how a programmer arrives at a solution. Answer with a numbered list of short "
+                      "steps in plain words, without code.")
+BACKWARD_REQUEST = ("Here is a programming problem and a correct solution. Work backwards from the solution: write "
+                    "the numbered step-by-step plan a programmer would follow to arrive at it. Describe each step in "
+                    "words; do not copy the code.\n\nProblem:\n{problem}\n\nSolution:\n```python\n{solution}\n```")
+# One worked example (written for codelift, in none of the evaluation sets) shows the form of a plan.
+PLAN_EXAMPLE_PROBLEM = "Write a function to count the vowels in a string."
+PLAN_EXAMPLE_SOLUTION = ("def count_vowels(text):\n    count = 0\n    for ch in text.lower():\n"
+                         "        if ch in \"aeiou\":\n            count += 1\n    return count")
+PLAN_EXAMPLE_PLAN = ("1. Define a function `count_vowels` that takes the string.\n"
+                     "2. Start a counter at zero.\n"
+                     "3. Go through the characters of the string in lower case, so capitals count too.\n"
+                     "4. Add one to the counter for every character that is one of a, e, i, o, u.\n"
+                     "5. Return the counter.")
+
+
+def backward_plan_prompt(task: Task, reference: str, tokenizer) -> str:
+    """The teacher's plan prompt: the worked example as an earlier exchange, then this task's problem
+    and reference solution. The model's chat template when it has one, else the instruct template."""
+    example = BACKWARD_REQUEST.format(problem=PLAN_EXAMPLE_PROBLEM, solution=PLAN_EXAMPLE_SOLUTION)
+    request = BACKWARD_REQUEST.format(problem=task.instruction.strip(), solution=reference.strip())
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": PLAN_SYSTEM_PROMPT}, {"role": "user", "content": example},
+                    {"role": "assistant", "content": PLAN_EXAMPLE_PLAN}, {"role": "user", "content": request}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return instruct_prompt(request, context=f"{example}\n\n{PLAN_HEADER}{PLAN_EXAMPLE_PLAN}")
+
+
+def with_plan(instruction: str, plan: str) -> str:
+    return f"{instruction}\n{PLAN_HEADER}{plan.strip()}" if plan else instruction
+
+
+def code_from_plan_prompt(task: Task, plan: str, tokenizer) -> str:
+    """Verification: the teacher writes code from the problem (as the student sees it) and a plan
+    alone, never the reference; its chat template when it has one."""
+    instruction = with_plan(task_instruction(task), "Follow this plan.\n" + plan)
+    if getattr(tokenizer, "chat_template", None):
+        return chat_prompt(instruction, tokenizer)
+    return instruct_prompt(instruction)
+
+
+def student_plan_prompt(task: Task) -> str:
+    """The student's plan task, in the training template."""
+    return instruct_prompt(f"{GEN_PLAN}\n{task_instruction(task)}")
+
+
+def student_code_prompt(task: Task, plan: str = "") -> str:
+    """The student's code task, in the training template, optionally given a plan."""
+    return instruct_prompt(with_plan(f"{GEN_CODE}\n{task_instruction(task)}", plan))

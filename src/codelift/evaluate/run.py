@@ -28,7 +28,8 @@ from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test")}
-MODES = {"plain": "raw", "instruct": "instruct", "chat": "chat"}  # --mode -> prompt format
+# --mode -> prompt format; plan: plan sampling in the plan-trained template (codelift.plans.sampling)
+MODES = {"plain": "raw", "instruct": "instruct", "chat": "chat", "plan": "instruct"}
 INSTRUCT_STOP = ("\n### ",)
 GENERATION_CHUNK = 64  # tasks generated between appends to generations.jsonl (what a kill can lose)
 
@@ -58,6 +59,9 @@ class EvalConfig:
     endpoint_model: str | None = None  # openai: the served model's name (default: MODEL)
     api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
     tensor_parallel_size: int | None = None  # vllm: GPUs per model replica
+    plans: int = 1  # --mode plan: distinct plans per task (N)
+    codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
+    plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
 
 
 def prompt_stop(fmt: str) -> tuple[str, ...]:
@@ -99,7 +103,8 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         changed = [k for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature", "max_new_tokens",
-                               "seed", "context", "examples", "index") if before.get(k) != asdict(cfg)[k]]
+                               "seed", "context", "examples", "index", "plans", "codes_per_plan", "plan_temperature")
+                   if before.get(k) != asdict(cfg)[k]]
         if changed:
             raise CodeliftError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
                                 f"use another --out or remove it.")
@@ -116,6 +121,8 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
         return done
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
+    if cfg.mode == "plan" and cfg.context != "none":
+        raise CodeliftError("--mode plan puts the student's own plan into the prompt; use --context none.")
     fmt = MODES[cfg.mode]
     options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
                               endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
@@ -126,6 +133,15 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
+            if cfg.mode == "plan":
+                from codelift.plans.sampling import plan_sampled_rows
+
+                rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
+                                         plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
+                                         max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout, seed=cfg.seed + start)
+                append_rows(log, rows)
+                done += rows
+                continue
             contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
             prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(chunk, contexts)]
             results = generator.generate(prompts, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
@@ -153,8 +169,13 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
     began = time.monotonic()
     generations = generate_samples(cfg, tasks, out / "generations.jsonl")
     rows, summary = judge_samples(tasks, generations, out, cfg)
+    if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
+        from codelift.plans.sampling import plan_summary
+
+        summary = plan_summary(summary, rows, cfg.plans, cfg.codes_per_plan)
     summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
+    summary["wall_seconds_per_task"] = round(summary["wall_seconds"] / len(tasks), 2)
     if cfg.context != "none":
         first = [r for r in rows if r["sample"] == 0]
         summary["examples"] = cfg.examples

@@ -149,11 +149,13 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
 
 
 def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTConfig, *, token_loss: TokenLoss,
-        collator=None, merge_base: str | None = None, title: str = "") -> tuple[StageTrainer, dict]:
+        collator=None, merge_base: str | None = None, title: str = "",
+        trainer_class: type[StageTrainer] | None = None) -> tuple[StageTrainer, dict]:
     """Train, keep the best checkpoint, save weights (and the merged model), metrics and curves.
 
     Returns the trainer and the manifest; the stage adds what it measured and writes run.json
-    last, so a run.json marks a finished stage. Re-running the same call resumes.
+    last, so a run.json marks a finished stage. Re-running the same call resumes. A stage whose loss
+    needs more of the accumulation window than its token count passes its own `trainer_class`.
     """
     trainable, total = parameter_counts(model)
     resume = last_committed_checkpoint(out / "checkpoints")
@@ -161,9 +163,9 @@ def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTCon
                               resuming=resume is not None)
     throughput = Throughput()
     collator = collator or ExampleCollator(tokenizer)
-    trainer = StageTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-                           data_collator=collator, callbacks=[CommitCheckpoints(), throughput],
-                           token_loss=token_loss)
+    trainer = (trainer_class or StageTrainer)(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
+                                              data_collator=collator, callbacks=[CommitCheckpoints(), throughput],
+                                              token_loss=token_loss)
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate()
     manifest = run_manifest(cfg.model_dump(), stage=stage, trainable_parameters=trainable, total_parameters=total,

@@ -1,0 +1,107 @@
+"""Plan sampling: selection on visible tests only (real sandbox, hand-written candidates), and the
+`--mode plan` evaluation end to end on a tiny model."""
+
+import dataclasses
+import json
+
+import pytest
+
+from codelift.data import load_tasks
+from codelift.data.loaders import load_humaneval
+from codelift.errors import CodeliftError
+from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.evaluate.score import score_samples
+from codelift.generate import make_generator
+from codelift.plans.sampling import plan_sampled_rows, run_visible_tests, select_candidate
+
+# mbpp/517 largest_pos; visible: assert largest_pos([1,2,3,4,-1]) == 4
+FITS_VISIBLE_ONLY = "def largest_pos(list1):\n    return 4\n"  # passes the visible test, fails the hidden ones
+WRONG = "def largest_pos(list1):\n    return 0\n"
+RIGHT = "def largest_pos(list1):\n    return max(list1)\n"
+
+
+def _candidates(*codes, logprobs=None):
+    return [{"completion": code, "mean_logprob": (logprobs or [None] * len(codes))[i]} for i, code in enumerate(codes)]
+
+
+@pytest.fixture(scope="module")
+def largest_pos(data_dir):
+    [task] = [t for t in load_tasks("mbpp", "validation", data_dir=data_dir) if t.task_id == "mbpp/517"]
+    return task
+
+
+def test_selection_uses_the_visible_tests_only(largest_pos):
+    """The hidden tests are replaced by ones no program passes: the verdicts and the choice stay the same,
+    and the chosen program (first to pass the visible test) is one that the hidden tests reject."""
+    chosen = []
+    for task in (largest_pos, dataclasses.replace(largest_pos, tests=["assert False"] * 3)):
+        [group] = [_candidates(WRONG, FITS_VISIBLE_ONLY, RIGHT)]
+        run_visible_tests([task], [group], timeout=3.0)
+        chosen.append((select_candidate(group), [(c["visible_verdict"], c["visible_passed"]) for c in group]))
+    assert chosen[0] == chosen[1] == (1, [("failed", 0), ("passed", 1), ("passed", 1)])
+    hidden, _ = score_samples([largest_pos], [{"task_id": "mbpp/517", "completion": c}
+                                             for c in (FITS_VISIBLE_ONLY, RIGHT)], k=[1])
+    assert [row["passed"] for row in hidden] == [False, True]  # selection could not have known
+
+
+def test_without_a_visible_pass_most_tests_then_highest_log_probability_wins():
+    def candidate(passed, logprob):
+        return {"visible_verdict": "failed", "visible_passed": passed, "mean_logprob": logprob}
+
+    assert select_candidate([candidate(0, -0.1), candidate(2, -2.0), candidate(2, -1.0), candidate(1, -0.01)]) == 2
+    assert select_candidate([candidate(0, None), candidate(0, -3.0)]) == 1
+    assert select_candidate([candidate(1, -1.0), candidate(1, -1.0)]) == 0
+
+
+def test_humaneval_visible_tests_are_the_docstring_examples():
+    task = load_humaneval()[0]
+    body = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+    group = _candidates("    return True\n", body)
+    run_visible_tests([task], [group], timeout=3.0)
+    assert task.visible_tests and [c["visible_verdict"] for c in group] == ["failed", "passed"]
+    assert group[1]["visible_tests"] == ["passed"] * len(task.visible_tests)
+
+
+def test_plan_sampled_rows_give_n_by_m_candidates_and_one_choice(tiny_model_dir, largest_pos):
+    with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
+        rows = plan_sampled_rows(generator, [largest_pos], plans=2, codes_per_plan=2, plan_temperature=0.6,
+                                 temperature=0.6, max_new_tokens=12)
+        with pytest.raises(CodeliftError, match="identical"):
+            plan_sampled_rows(generator, [largest_pos], plans=2, codes_per_plan=2, plan_temperature=0.6,
+                              temperature=0.0, max_new_tokens=12)
+    assert len(rows) == 4 and sum(r["selected"] for r in rows) == 1
+    assert [r["plan_index"] for r in rows] == [0, 0, 1, 1] and rows[0]["plan"] != rows[2]["plan"]
+    assert all(r["visible_verdict"] in ("passed", "failed", "error", "timeout") for r in rows)
+
+
+def test_eval_mode_plan_reports_filtered_pass_at_1_apart_and_records_candidates(tiny_model_dir, data_dir, tmp_path):
+    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", mode="plan", limit=2,
+                     max_new_tokens=12, plans=2, codes_per_plan=1, temperature=0.0, codebleu=False, dtype="float32")
+    summary = evaluate_model(cfg, tmp_path / "eval", data_dir=data_dir)
+    assert "pass@1" not in summary and summary["sample_budget"] == "2 plans x 1 programs = 2"
+    assert 0 <= summary["filtered_pass@1"] <= 1 and "candidate_pass@1" in summary
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and sum(r["selected"] for r in rows) == 2
+    assert all({"plan", "visible_verdict", "visible_tests", "verdict"} <= set(r) for r in rows)
+
+
+def test_cli_generate_mode_plan_prints_every_candidate_and_the_choice(tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from codelift.cli import app
+
+    result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "Write a function to add two numbers.",
+                                      "--mode", "plan", "--plans", "2", "--max-new-tokens", "8", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert "candidate 1, plan 1" in result.output and "candidate 2, plan 2" in result.output
+    assert result.output.count("(chosen)") == 1
+    bad = CliRunner().invoke(app, ["plan", "train", "--student", str(tiny_model_dir), "--data", "x.jsonl",
+                                   "--plans", "p.jsonl", "--out", "o", "--code-with-plan", "sometimes"])
+    assert bad.exit_code != 0 and "code_with_plan" in str(bad.exception or bad.output)
+
+
+def test_zero_plans_is_the_code_task_without_a_plan(tiny_model_dir, largest_pos):
+    with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
+        [row] = plan_sampled_rows(generator, [largest_pos], plans=0, codes_per_plan=1, plan_temperature=0.6,
+                                  temperature=0.0, max_new_tokens=8)
+    assert row["plan"] == "" and row["selected"] and row["plan_index"] == 0
