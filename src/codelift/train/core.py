@@ -52,18 +52,23 @@ def split_validation(count: int, seed: int, fraction: float = 0.05) -> set[int]:
 
 
 def training_sets(data: str, validation: str | None, tokenizer, cfg: SFTConfig):
-    """(train, validation) encoded datasets; each row's `example` is its task's line in `data`.
+    """(train, validation) encoded datasets; each row's `example` is its task's line in `data`."""
+    tasks = load_tasks(data)
+    held_out = sft_examples(load_tasks(validation), tokenizer, cfg.max_length) if validation else None
+    return split_examples(sft_examples(tasks, tokenizer, cfg.max_length), len(tasks), held_out, cfg, data)
 
-    Without a validation file a seeded 5% of the tasks of `data` is held out."""
-    everything = sft_examples(load_tasks(data), tokenizer, cfg.max_length)
-    if validation:
-        train_set, val_set = everything, sft_examples(load_tasks(validation), tokenizer, cfg.max_length)
+
+def split_examples(examples, task_count: int, validation_examples, cfg: SFTConfig, source: str):
+    """(train, validation): the given validation examples, else a seeded 5% of the tasks held out,
+    every row of a task on the same side (rows carry their task's index as `example`)."""
+    if validation_examples is not None:
+        train_set, val_set = examples, validation_examples
     else:
-        held = split_validation(len(load_tasks(data)), cfg.seed)
-        train_set = everything.filter(lambda row: row["example"] not in held)
-        val_set = everything.filter(lambda row: row["example"] in held)
+        held = split_validation(task_count, cfg.seed)
+        train_set = examples.filter(lambda row: row["example"] not in held)
+        val_set = examples.filter(lambda row: row["example"] in held)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise CodeliftError(f"{data}: no training or validation example keeps a response token within "
+        raise CodeliftError(f"{source}: no training or validation example keeps a response token within "
                             f"max_length={cfg.max_length}; raise max_length.")
     return train_set, val_set
 

@@ -36,7 +36,7 @@ from codelift.models.adapters import load_for_training
 from codelift.models.load import load_tokenizer
 from codelift.plans.teacher import read_plans
 from codelift.prompts import student_code_prompt, student_plan_prompt
-from codelift.train.core import ExampleCollator, StageTrainer, fit, split_validation
+from codelift.train.core import ExampleCollator, StageTrainer, fit, split_examples
 from codelift.train.data import IGNORE_INDEX, encode_example
 from codelift.train.distill import student_model
 from codelift.train.losses import chunked_sums, cross_entropy_sum, output_logits, response_states
@@ -92,18 +92,8 @@ def plan_examples(tasks: list[Task], plans: dict[str, list[str]], tokenizer, cfg
 def plan_sets(tasks: list[Task], plans: dict[str, list[str]], validation: str | None, tokenizer, cfg: PlanConfig):
     """(train, validation): a validation file, else a seeded 5% of the tasks (all of a task's examples
     on one side, so no plan of a held-out task is trained on)."""
-    if validation:
-        train_set, val_set = (plan_examples(tasks, plans, tokenizer, cfg),
-                              plan_examples(load_tasks(validation), plans, tokenizer, cfg))
-    else:
-        everything = plan_examples(tasks, plans, tokenizer, cfg)
-        held = split_validation(len(tasks), cfg.seed)
-        train_set = everything.filter(lambda row: row["example"] not in held)
-        val_set = everything.filter(lambda row: row["example"] in held)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise CodeliftError(f"no training or validation example keeps a response token within "
-                            f"max_length={cfg.max_length}; raise max_length.")
-    return train_set, val_set
+    held_out = plan_examples(load_tasks(validation), plans, tokenizer, cfg) if validation else None
+    return split_examples(plan_examples(tasks, plans, tokenizer, cfg), len(tasks), held_out, cfg, "the plan data")
 
 
 class TaskCollator(ExampleCollator):
