@@ -39,18 +39,27 @@ def real_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(real_tokenizer_dir, tmp_path_factory) -> Path:
-    """A 4-layer, 64-wide Llama with SmolLM2's real tokenizer: the pipeline in seconds."""
+def make_tiny_llama(real_tokenizer_dir, tmp_path_factory):
+    """Build a small Llama with SmolLM2's real tokenizer: make_tiny_llama(name, layers=..., heads=..., kv_heads=...)."""
     import shutil
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    for f in real_tokenizer_dir.iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    def build(name: str, *, layers: int = 4, heads: int = 4, kv_heads: int = 2) -> Path:
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+        out = tmp_path_factory.mktemp(name)
+        LlamaForCausalLM(config).save_pretrained(out)
+        for f in real_tokenizer_dir.iterdir():
+            shutil.copy(f, out / f.name)
+        return out
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(make_tiny_llama) -> Path:
+    """A 4-layer, 64-wide Llama with SmolLM2's real tokenizer: the pipeline in seconds."""
+    return make_tiny_llama("tiny-llama")

@@ -3,7 +3,6 @@
 import importlib.util
 
 import pytest
-import torch
 
 from codelift.generate import make_generator
 
@@ -14,21 +13,9 @@ PROMPTS = ["def add(a, b):", "import os\nimport sys\n\nfor name in os.listdir('.
 
 
 @pytest.fixture(scope="module")
-def vllm_model_dir(real_tokenizer_dir, tmp_path_factory):
+def vllm_model_dir(make_tiny_llama):
     """The tiny Llama with heads of 32 (vLLM's CPU attention takes 32 and up)."""
-    import shutil
-
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    out = tmp_path_factory.mktemp("tiny-vllm")
-    LlamaForCausalLM(config).save_pretrained(out)
-    for f in real_tokenizer_dir.iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return make_tiny_llama("tiny-vllm", layers=2, heads=2, kv_heads=1)
 
 
 @pytest.fixture(scope="module")

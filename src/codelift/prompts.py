@@ -62,13 +62,18 @@ def render_prompt(task: Task, fmt: str, tokenizer=None, context: str = "") -> st
     raise ValueError(f"unknown prompt format '{fmt}': expected one of {', '.join(FORMATS)}")
 
 
+def with_context(text: str, context: str) -> str:
+    """A chat user message: the context part (retrieved or ICL examples) before the text."""
+    return f"{CONTEXT_HEADER}{context.strip()}\n\n{text}" if context else text
+
+
 def chat_prompt(instruction: str, tokenizer, context: str = "") -> str:
     """The model's own chat template, or a clear error when the tokenizer has none."""
     from codelift.errors import CodeliftError
 
     if not getattr(tokenizer, "chat_template", None):
         raise CodeliftError("this model's tokenizer has no chat template; use --format raw or instruct.")
-    user = instruction if not context else f"{CONTEXT_HEADER}{context.strip()}\n\n{instruction}"
+    user = with_context(instruction, context)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from codelift.data import Task
 from codelift.generate import Generation, Generator
-from codelift.prompts import CONTEXT_HEADER
+from codelift.prompts import with_context
 from codelift.rag.context import task_contexts
 
 
@@ -130,11 +130,6 @@ class Batcher:
                     if not done.done():  # a client that hung up has cancelled its future
                         done.set_result(results[:len(job_prompts)])
                     results = results[len(job_prompts):]
-
-
-def with_context(text: str, context: str) -> str:
-    """The user's text with the retrieved examples before it, as `eval --context rag` builds chat prompts."""
-    return f"{CONTEXT_HEADER}{context.strip()}\n\n{text}" if context else text
 
 
 def build_app(generator: Generator, served_name: str, *, rag: RagSettings | None = None, api_key: str | None = None,

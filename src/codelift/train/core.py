@@ -33,6 +33,11 @@ OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "paged_adamw_8bi
 TokenLoss = Callable[[torch.nn.Module, dict], dict]  # -> {"loss": sum, "tokens": count, part: sum, ...}
 
 
+def use_bf16(choice: bool | None) -> bool:
+    """The bf16 setting of a stage: the user's choice, else whether the hardware has fast bf16."""
+    return fast_bf16() if choice is None else choice
+
+
 def fast_bf16() -> bool:
     """bf16 pays on CUDA GPUs that support it and on CPUs with AVX512-BF16 (2x here)."""
     if torch.cuda.is_available():
@@ -136,7 +141,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
                        resuming: bool) -> TrainingArguments:
     steps_per_epoch = math.ceil(train_size / (cfg.batch_size * cfg.grad_accum * world_size))
     every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
-    bf16 = fast_bf16() if cfg.bf16 is None else cfg.bf16
+    bf16 = use_bf16(cfg.bf16)
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,

@@ -25,7 +25,7 @@ from codelift.errors import CodeliftError
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import load_model, load_tokenizer, prepare_model
-from codelift.train.core import ExampleCollator, fast_bf16, fit, plot_curves, training_sets
+from codelift.train.core import ExampleCollator, fit, plot_curves, training_sets, use_bf16
 from codelift.train.losses import cached_kd_loss, logit_kd_loss
 from codelift.train.teacher_cache import TeacherCacheCollator, load_teacher_cache, vocabulary_hash
 
@@ -59,7 +59,7 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
     else:
         teacher_path = prepare_model(teacher)
         check_same_vocabulary(load_tokenizer(teacher_path), tokenizer, teacher, student)
-        teacher_model, _ = load_model(teacher_path, dtype=torch.bfloat16 if _bf16(cfg) else torch.float32)
+        teacher_model, _ = load_model(teacher_path, dtype=torch.bfloat16 if use_bf16(cfg.bf16) else torch.float32)
         teacher_model.requires_grad_(False)
         token_loss = partial(logit_kd_loss, teacher=teacher_model, cfg=cfg, vocab=vocab)
         collator = ExampleCollator(tokenizer)
@@ -109,10 +109,6 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, st
         raise CodeliftError(f"teacher {teacher} ({len(teacher_tokenizer):,} tokens) and student {student} "
                             f"({len(student_tokenizer):,} tokens) do not share a tokenizer, so their logits cannot "
                             f"be compared; use --mode sequence, which distils through generated text.")
-
-
-def _bf16(cfg: DistillConfig) -> bool:
-    return fast_bf16() if cfg.bf16 is None else cfg.bf16
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from codelift.data import load_tasks
 from codelift.errors import CodeliftError
 from codelift.io import atomic_path, write_json
 from codelift.models.load import load_model, load_tokenizer, prepare_model
-from codelift.train.core import ExampleCollator, fast_bf16
+from codelift.train.core import ExampleCollator, use_bf16
 from codelift.train.data import sft_examples
 from codelift.train.losses import output_logits, response_states, tempered_log_probs
 
@@ -76,7 +76,7 @@ def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, 
     if log_prob_dtype not in LOG_PROB_DTYPES:
         raise CodeliftError(f"--log-prob-dtype '{log_prob_dtype}': expected one of {', '.join(LOG_PROB_DTYPES)}.")
     examples = sft_examples(load_tasks(data), tokenizer, max_length)
-    bf16 = fast_bf16() if bf16 is None else bf16
+    bf16 = use_bf16(bf16)
     identity = {"format": FORMAT, "teacher": teacher, "teacher_weights_sha256": weights_hash(teacher_path),
                 "tokenizer_sha256": vocabulary_hash(tokenizer), "vocab": vocab, "data": str(data),
                 "data_sha256": dataset_hash(examples), "max_length": max_length, "top_k": top_k,
