@@ -10,7 +10,7 @@ The table: wall seconds of generation, new tokens, new tokens/s, start seconds (
 start), tokens/s against the baseline, and how many greedy answers equal the baseline's.
 
     python bench/generation.py [--limit 64] [--max-new-tokens 256] [--backends baseline hf vllm openai]
-                               [--hf float32:16 bfloat16:16]
+                               [--hf float32:16 bfloat16:16] [--vllm default float32]
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["baseline", "hf", "vllm", "openai"])
     parser.add_argument("--hf", nargs="+", default=[f"{str(best_dtype()).removeprefix('torch.')}:16"],
                         help="hf rows as DTYPE:BATCH")
+    parser.add_argument("--vllm", nargs="+", default=["default"],
+                        help="vllm rows by weights dtype (default: vLLM's choice, bfloat16 on CPU)")
     args = parser.parse_args()
     path = prepare_model(MODEL)
     tokenizer = load_tokenizer(path)
@@ -116,7 +118,9 @@ def main() -> None:
                 runs[f"codelift hf {dtype} b{batch}"] = codelift_backend(path, "hf", prompts, args.max_new_tokens,
                                                                          dtype=dtype, batch_size=int(batch))
         elif backend == "vllm" and importlib.util.find_spec("vllm"):
-            runs["codelift vllm"] = codelift_backend(path, "vllm", prompts, args.max_new_tokens)
+            for dtype in args.vllm:
+                runs[f"codelift vllm {dtype}"] = codelift_backend(path, "vllm", prompts, args.max_new_tokens,
+                                                                  dtype=None if dtype == "default" else dtype)
         elif backend == "openai":
             runs["codelift openai -> codelift serve (hf)"] = served(path, prompts, args.max_new_tokens)
         for name, (_, tokens, seconds, start) in runs.items():

@@ -5,11 +5,16 @@ from typer.testing import CliRunner
 
 from codelift.cli import app
 from codelift.config import RunConfig, load_config, with_settings
+from codelift.data import load_sources
 from codelift.errors import CodeliftError
+from codelift.io import write_jsonl
 from codelift.pipeline import check_run
 
 
 def test_run_goes_from_data_to_the_ablation_and_the_report(tiny_model_dir, data_dir, tmp_path):
+    plans = tmp_path / "plans.jsonl"  # as `plan generate` writes them; a tiny random teacher writes none
+    write_jsonl(plans, ({"task_id": t.task_id, "plan": "1. Read the input.\n2. Return the answer."}
+                        for t in load_sources(["mbpp:prompt"], data_dir)[:6]))
     config = tmp_path / "run.yaml"
     config.write_text(f"""
 data: {{train: ["mbpp:prompt"]}}
@@ -19,8 +24,10 @@ teacher:
 student: {{keep_layers: 2}}
 sft: {{method: lora, max_steps: 2, batch_size: 2, max_length: 128}}
 distill: {{enabled: true, method: lora, max_steps: 1, batch_size: 2, max_length: 128, eval_before_training: false}}
+plan: {{enabled: true, plans_file: {plans}, method: lora, max_steps: 1, batch_size: 2, max_length: 128,
+        eval_before_training: false}}
 rag: {{knowledge_base: ["mbpp:prompt"]}}
-eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
+eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2}}
 """)
     out = tmp_path / "run"
     args = ["run", str(config), "--data-dir", str(data_dir), "--out", str(out), "--set", "sft.lora_r=4"]
@@ -28,15 +35,30 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
     assert result.exit_code == 0, result.output
     ablation = json.loads((out / "eval" / "ablation.json").read_text())
     rows = ablation["benchmarks"]["mbpp:validation"]
-    assert [r["variant"] for r in rows] == ["base", "sft", "sft+kd", "sft+kd+rag", "teacher"]
+    names = ["base", "sft", "sft+kd", "sft+kd+rag", "sft+kd+plan", "sft+kd+plan+rag", "teacher"]
+    assert [r["variant"] for r in rows] == names
     assert all(0 <= r["ci_low"] <= r["pass@1"] <= r["ci_high"] <= 1 for r in rows)
-    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd+rag"]
-    assert rows[0]["parameters"] < rows[4]["parameters"]  # 2 of the teacher's 4 layers
+    # each row against the one it adds a single change to: plan sampling is weighed against sft+kd
+    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd", "sft+kd+plan", "sft+kd+plan+rag"]
+    assert rows[0]["parameters"] < rows[6]["parameters"]  # 2 of the teacher's 4 layers
     assert rows[2]["kl_to_teacher"] > 0 and rows[3]["kl_to_teacher"] == rows[2]["kl_to_teacher"]
-    assert rows[4]["kl_to_teacher"] is None
+    assert rows[6]["kl_to_teacher"] is None
     assert json.loads((out / "distill" / "run.json").read_text())["config"]["alpha"] == 0.5  # DistillConfig's
-    for name in ("base", "sft", "sft+kd", "sft+kd+rag", "teacher"):
+    for name in names[:4] + names[6:]:
         assert len((out / "eval" / name / "mbpp-validation" / "samples.jsonl").read_text().splitlines()) == 2
+    for row in rows[4:6]:  # plan sampling: the chosen candidate per problem, scored as filtered pass@1
+        folder = out / "eval" / row["variant"] / "mbpp-validation"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert row["sample_budget"] == summary["sample_budget"] == "2 plans x 1 programs = 2"
+        assert row["pass@1"] == summary["filtered_pass@1"] and "pass@1" not in summary
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        assert sum(s["selected"] for s in samples) == 2 and all(s["plan"] for s in samples)
+    assert all(s["context_ids"] for s in samples)  # everything combined: retrieved examples in the plan prompts
+    with_plans = {json.loads(line)["task_id"] for line in plans.read_text().splitlines()}
+    train_ids = {json.loads(line)["task_id"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
+    planned = [json.loads(line)["task_id"] for line in (out / "plan" / "planned_tasks.jsonl").read_text().splitlines()]
+    assert set(planned) == with_plans & train_ids and len(train_ids) > len(planned) > 0  # trained on planned tasks
+    assert json.loads((out / "plan" / "run.json").read_text())["examples"]["plan"] == len(planned)
     assert json.loads((out / "sft" / "run.json").read_text())["config"]["lora_r"] == 4
     assert json.loads((out / "student" / "model" / "pruning.json").read_text())["kept_layers"] == [0, 3]
     assert (out / "report.html").is_file() and "report.html" in result.output
@@ -46,9 +68,27 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200}}
 
     again = CliRunner().invoke(app, args)  # every stage finished: skipped
     assert again.exit_code == 0, again.output
-    assert again.output.count("already done") == 7  # plan is off
+    assert again.output.count("already done") == 8
     changed = CliRunner().invoke(app, [*args[:-1], "sft.lora_r=8"])
     assert changed.exit_code != 0 and "other settings" in str(changed.exception)
+
+
+def test_a_run_whose_teacher_plans_are_all_dropped_stops_with_their_report(tiny_model_dir, data_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+data: {{train: ["mbpp:prompt"]}}
+teacher: {{model: {tiny_model_dir}}}
+student: {{model: {tiny_model_dir}}}
+sft: {{enabled: false}}
+plan: {{enabled: true, generate: {{limit: 2, max_plan_tokens: 8}}}}
+rag: {{enabled: false}}
+""")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(config), "--data-dir", str(data_dir), "--out", str(out)])
+    assert result.exit_code != 0
+    assert "every plan the teacher wrote for the first 2 training tasks was dropped" in str(result.exception)
+    report = json.loads((out / "plan" / "plans.report.json").read_text())
+    assert report["tasks"] == 2 and report["kept"] == 0 and sum(report["counts"].values()) == 2
 
 
 def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
@@ -71,6 +111,9 @@ def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
     ("", ["sft.lora_r"], "expected KEY.PATH=VALUE"),
     ("distill:\n  enabled: true\n  alpha: 2\n", ["teacher.model=t"], "line 3: field 'distill.alpha'"),
     ("distill: {enabled: true}\n", [], "distill.enabled: needs a teacher"),
+    ("plan: {enabled: true}\n", [], "plan.enabled: needs a teacher"),
+    ("plan: {enabled: true, method: prefix}\n", ["teacher.model=t"], "plan.method: prefix tuning"),
+    ("plan: {enabled: true}\neval: {codes_per_plan: 2}\n", ["teacher.model=t"], "eval.codes_per_plan: 2 greedy"),
 ])
 def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
     config = tmp_path / "run.yaml"
@@ -83,7 +126,7 @@ def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
     (["rag.knowledge_base=[mbpp:trian]"], "rag.knowledge_base: 'mbpp:trian': unknown split 'trian'"),
     (["data.train=[leetcode]"], "data.train: 'leetcode': unknown source"),
     (["eval.benchmarks=[humaneval, apps]"], "eval.benchmarks: 'apps'"),
-    (["plan.enabled=true"], "plan.enabled: plan distillation is not part of this build"),
+    (["plan.enabled=true", "plan.plans_file=nowhere.jsonl"], "plan.plans_file: 'nowhere.jsonl': file not found"),
 ])
 def test_the_whole_run_is_checked_before_any_work(sets, message):
     cfg = load_config(RunConfig, None, sets=sets)

@@ -105,3 +105,22 @@ def test_zero_plans_is_the_code_task_without_a_plan(tiny_model_dir, largest_pos)
         [row] = plan_sampled_rows(generator, [largest_pos], plans=0, codes_per_plan=1, plan_temperature=0.6,
                                   temperature=0.0, max_new_tokens=8)
     assert row["plan"] == "" and row["selected"] and row["plan_index"] == 0
+
+
+def test_retrieved_examples_go_into_both_the_plan_and_the_code_prompts(tiny_model_dir, largest_pos):
+    from codelift.prompts import CONTEXT_HEADER, GEN_CODE, GEN_PLAN
+
+    example = "<example 1>\nProblem: add two numbers\nSolution:\n```python\ndef add(a, b):\n    return a + b\n```"
+    prompts = []
+    with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
+        generate = generator.generate
+
+        def recorded(batch, **settings):
+            prompts.extend(batch)
+            return generate(batch, **settings)
+
+        generator.generate = recorded
+        rows = plan_sampled_rows(generator, [largest_pos], plans=1, codes_per_plan=1, plan_temperature=0.6,
+                                 temperature=0.0, max_new_tokens=8, contexts=[example])
+    assert rows and [GEN_PLAN in p for p in prompts] == [True] * (len(prompts) - 1) + [False]
+    assert GEN_CODE in prompts[-1] and all(p.startswith(CONTEXT_HEADER + example) for p in prompts)

@@ -159,12 +159,15 @@ class DistillStage(DistillConfig):
     cache_top_k: int | None = None  # logit mode: cache the teacher's top-k log-probs first (None: online)
 
 
-class PlanStage(BaseModel):
-    """`plan:` of a run (plan distillation): `enabled`, and the plan stage's settings."""
-
-    model_config = ConfigDict(extra="allow")
+class PlanStage(PlanConfig):
+    """Plan distillation inside `codelift run`: the teacher writes verified plans for the first
+    `generate.limit` training tasks, then the student (after KD) trains on code and plans (every
+    `PlanConfig` field). How the result is sampled at evaluation is `eval.plans` / `codes_per_plan`."""
 
     enabled: bool = False
+    generate: PlanGenerateConfig = PlanGenerateConfig()
+    generation_backend: Literal["hf", "vllm"] = "hf"  # how the teacher writes and verifies plans
+    plans_file: str | None = None  # plans written before (`plan generate`, e.g. by a stronger endpoint): no teacher
 
 
 class RagStage(BaseModel):
@@ -198,6 +201,9 @@ class EvalStage(BaseModel):
     codebleu: bool = True
     kl_to_teacher: bool = True
     teacher: bool = True  # evaluate the teacher as the last row
+    plans: int = Field(4, ge=1)  # plan rows (plan.enabled): N plans per problem ...
+    codes_per_plan: int = Field(1, ge=1)  # ... M programs from each, chosen on the visible tests
+    plan_temperature: float = Field(0.6, ge=0)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
 
@@ -243,14 +249,16 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _stages_fit_together(self) -> RunConfig:
         """Combinations that would otherwise fail hours into a run."""
-        for where, stage in (("sft", self.sft), ("teacher.sft", self.teacher.sft)):
+        for where, stage in (("sft", self.sft), ("teacher.sft", self.teacher.sft), ("plan", self.plan)):
             if stage.enabled and stage.method in ("prompt", "prefix"):
                 raise ValueError(f"{where}.method: {stage.method} tuning learns virtual tokens that cannot be merged "
                                  f"into the weights, and the next stages need a plain model folder; use lora, ia3, "
                                  f"qlora4, qlora8 or full")
         needs_teacher = [name for name, on in (("student.keep_layers", self.student.keep_layers is not None),
                                                 ("distill.enabled", self.distill.enabled),
-                                                ("teacher.sft.enabled", self.teacher.sft.enabled)) if on]
+                                                ("teacher.sft.enabled", self.teacher.sft.enabled),
+                                                ("plan.enabled", self.plan.enabled and not self.plan.plans_file))
+                        if on]
         if needs_teacher and self.teacher.model is None:
             raise ValueError(f"{needs_teacher[0]}: needs a teacher; set teacher.model")
         if self.student.keep_layers is not None and "model" in self.student.model_fields_set:
@@ -259,6 +267,9 @@ class RunConfig(BaseModel):
         if self.distill.enabled and self.distill.cache_top_k is not None and self.distill.mode != "logit":
             raise ValueError(f"distill.cache_top_k: a teacher cache serves logit KD only, not mode "
                              f"{self.distill.mode}; remove cache_top_k or set distill.mode: logit")
+        if self.plan.enabled and self.eval.codes_per_plan > 1 and self.eval.temperature == 0:
+            raise ValueError(f"eval.codes_per_plan: {self.eval.codes_per_plan} greedy programs from one plan are "
+                             f"identical; set eval.temperature (e.g. 0.6) or codes_per_plan: 1")
         if self.rag.enabled and not self.rag.knowledge_base:
             raise ValueError("rag.knowledge_base: empty; list at least one source, or set rag.enabled: false")
         if not self.eval.benchmarks:

@@ -93,6 +93,14 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             yield f"{path}, line {lineno}", row
 
 
+def check_same_settings(what: str, before: dict, now: dict) -> None:
+    """Work on disk is resumed only with the settings that started it; `what` names it."""
+    changed = sorted(k for k in now if before.get(k) != now[k])
+    if changed:
+        raise CodeliftError(f"{what} was made with other settings ({', '.join(changed)} differ); use another --out "
+                            f"or remove it to start over.")
+
+
 def _git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -29,7 +29,7 @@ from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import BENCHMARKS, EvalConfig, evaluate_model
-from codelift.io import run_manifest, write_json, write_jsonl
+from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
 from codelift.train.sft import train_sft
@@ -61,17 +61,17 @@ def train_models(cfg: RunConfig, stages: Stages) -> tuple[Stage, ...]:
 # --- Validation of the whole run, before any work ------------------------------------------------
 
 def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
-    """What the config's own checks cannot see: data specs against the loaders, the plan stage this
-    build lacks, and teacher/student pairs that must share a tokenizer."""
+    """What the config's own checks cannot see: data specs against the loaders, and teacher/student
+    pairs that must share a tokenizer."""
     for where, specs in (("data.train", cfg.data.train), ("data.validation", [cfg.data.validation]),
                          ("rag.knowledge_base", cfg.rag.knowledge_base if cfg.rag.enabled else [])):
         for spec in specs:
             check_source_spec(spec, where)
     for spec in cfg.eval.benchmarks:
         check_benchmark_spec(spec)
-    if cfg.plan.enabled:
-        raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10); "
-                            "set plan.enabled: false.")
+    if cfg.plan.enabled and cfg.plan.plans_file and not Path(cfg.plan.plans_file).is_file():
+        raise CodeliftError(f"plan.plans_file: '{cfg.plan.plans_file}': file not found; expected the plans JSONL "
+                            f"that `codelift plan generate` writes.")
     logit_kd = cfg.distill.enabled and cfg.distill.mode != "sequence"  # sequence KD learns from text
     needs_same_tokenizer = logit_kd or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
     if needs_same_tokenizer and cfg.student.keep_layers is None:
@@ -277,7 +277,36 @@ def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage,
 
 
 def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
-    raise CodeliftError("plan.enabled: plan distillation is not part of this build yet (issue 10).")
+    """Plans for the training tasks (given in `plan.plans_file`, or written now by the teacher);
+    then the student, which has already learnt every task's code, learns code and plans together
+    on the tasks that have a plan (on all of them, the few plans would be drowned out)."""
+    from codelift.plans.teacher import read_plans
+    from codelift.train.plan_train import train_plan
+
+    plans = Path(settings.plans_file) if settings.plans_file else \
+        teacher_plans(folder / "plans.jsonl", settings, teacher, data, ctx)
+    planned = set(read_plans(plans))
+    tasks = folder / "planned_tasks.jsonl"
+    write_jsonl(tasks, (row for _, row in read_jsonl(data.outputs["train"]) if row["task_id"] in planned))
+    train_plan(student.outputs["model"], str(tasks), str(plans), folder, tracked(settings, ctx.report_to),
+               validation=data.outputs["validation"], merge=settings.method != "full")
+    return {"model": str(trained_model(folder)), "plans": str(plans)}
+
+
+def teacher_plans(path: Path, settings, teacher: Stage, data: Stage, ctx: Context) -> Path:
+    """The teacher's verified plans (backward reasoning from the references) for the first
+    `plan.generate.limit` training tasks; a run whose plans were all dropped stops here."""
+    from codelift.plans.teacher import generate_plans
+
+    report = generate_plans(teacher.outputs["model"], data.outputs["train"], path, settings.generate,
+                            backend=settings.generation_backend)
+    ctx.console.print(f"plans: kept {report['kept']} of {report['answers']} for {report['tasks']} tasks "
+                      f"({', '.join(f'{reason} {n}' for reason, n in report['counts'].items() if n)})")
+    if not report["kept"]:
+        raise CodeliftError(f"plan: every plan the teacher wrote for the first {report['tasks']} training tasks was "
+                            f"dropped (see {path.with_name('plans.report.json')}); raise plan.generate.limit or "
+                            f"plan.generate.plans_per_task, give plan.plans_file, or use a stronger teacher.")
+    return path
 
 
 def tracked(settings: BaseModel, report_to: str) -> BaseModel:
@@ -309,9 +338,11 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
                 and variant.name != "teacher" else None
             ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
             summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
-                                                 context=variant.context, index=variant.index),
+                                                 context=variant.context, index=variant.index,
+                                                 mode=variant.mode or settings.mode),
                                      target, data_dir=ctx.data_dir)
-            ctx.console.print(f"{variant.name}: pass@1 {summary['pass@1']:.3f}")
+            score = "filtered_pass@1" if variant.mode == "plan" else "pass@1"
+            ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")
     ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
                                          for b in settings.benchmarks},
                               resamples=settings.bootstrap_samples, confidence=settings.confidence)
@@ -327,25 +358,39 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
                          "limit": settings.limit, "max_new_tokens": settings.max_new_tokens,
                          "batch_size": settings.batch_size, "timeout": settings.timeout,
                          "codebleu": settings.codebleu, "examples": settings.examples, "backend": settings.backend,
-                         "dtype": settings.dtype, "tensor_parallel_size": settings.tensor_parallel_size, **changes})
+                         "dtype": settings.dtype, "tensor_parallel_size": settings.tensor_parallel_size,
+                         "plans": settings.plans, "codes_per_plan": settings.codes_per_plan,
+                         "plan_temperature": settings.plan_temperature, **changes})
 
 
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
                       index: Stage) -> list[Variant]:
-    """The rows: the base student, then each training stage that ran (names accumulate: sft,
-    sft+kd, ...), the last of them with retrieval, and the teacher."""
+    """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
+    sft+kd), that student with retrieval; the plan-trained student with plan sampling, and with
+    retrieval too (everything combined); the teacher. Each row is compared with the one it adds
+    a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
-    for stage, tag in ((sft, "sft"), (kd, "kd"), (plan, "plan")):
+    for stage, tag in ((sft, "sft"), (kd, "kd")):
         if stage.ran:
-            name = tag if variants[-1].name == "base" else f"{variants[-1].name}+{tag}"
-            variants.append(Variant(name, stage.outputs["model"], stage=stage.name, cost=stage.cost))
+            variants.append(Variant(extended(variants[-1].name, tag), stage.outputs["model"], stage=stage.name,
+                                    cost=stage.cost))
+    trained = variants[-1]
+    with_rag = {"context": "rag", "index": index.outputs.get("index"), "stage": index.name, "cost": index.cost}
     if index.ran:
-        last = variants[-1]
-        variants.append(Variant(f"{last.name}+rag", last.model, context="rag", index=index.outputs["index"],
-                                stage=index.name, cost=index.cost))
+        variants.append(Variant(f"{trained.name}+rag", trained.model, **with_rag))
+    if plan.ran:
+        planned = Variant(extended(trained.name, "plan"), plan.outputs["model"], mode="plan", stage=plan.name,
+                          cost=plan.cost, vs=trained.name)
+        variants.append(planned)
+        if index.ran:
+            variants.append(Variant(f"{planned.name}+rag", planned.model, mode="plan", **with_rag))
     if teacher.ran and settings.teacher:
         variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost))
     return variants
+
+
+def extended(name: str, tag: str) -> str:
+    return tag if name == "base" else f"{name}+{tag}"
 
 
 def variant_folder(folder: Path, variant: str, benchmark: str) -> Path:

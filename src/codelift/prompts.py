@@ -126,11 +126,11 @@ def code_from_plan_prompt(task: Task, plan: str, tokenizer) -> str:
     return instruct_prompt(instruction)
 
 
-def student_plan_prompt(task: Task) -> str:
-    """The student's plan task, in the training template."""
-    return instruct_prompt(f"{GEN_PLAN}\n{task_instruction(task)}")
+def student_plan_prompt(task: Task, context: str = "") -> str:
+    """The student's plan task, in the training template (with retrieved examples when given)."""
+    return instruct_prompt(f"{GEN_PLAN}\n{task_instruction(task)}", context)
 
 
-def student_code_prompt(task: Task, plan: str = "") -> str:
-    """The student's code task, in the training template, optionally given a plan."""
-    return instruct_prompt(with_plan(f"{GEN_CODE}\n{task_instruction(task)}", plan))
+def student_code_prompt(task: Task, plan: str = "", context: str = "") -> str:
+    """The student's code task, in the training template, optionally given a plan and examples."""
+    return instruct_prompt(with_plan(f"{GEN_CODE}\n{task_instruction(task)}", plan), context)

@@ -16,14 +16,18 @@ METRICS = ("pass@1", "syntax_valid", "avg_tests_passed", "codebleu", "kl_to_teac
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: a model with a prompt context, and the stage that made it (with that stage's cost)."""
+    """One row: a model with a prompt context and an evaluation mode (None: the harness's; "plan":
+    plan sampling), the stage that made it (with that stage's cost), and the row it is compared
+    with (None: the row above)."""
 
     name: str
     model: str
     context: str = "none"
     index: str | None = None
+    mode: str | None = None
     stage: str = ""
     cost: dict = field(default_factory=dict)
+    vs: str | None = None
 
 
 def ablation_table(variants: list[Variant], folders: dict[str, dict[str, Path]], *, resamples: int = 10_000,
@@ -37,17 +41,28 @@ def ablation_table(variants: list[Variant], folders: dict[str, dict[str, Path]],
             if row["kl_to_teacher"] is None:  # same weights, another prompt context: same KL
                 row["kl_to_teacher"] = next((r["kl_to_teacher"] for r in rows if r["model"] == variant.model), None)
             if rows:
-                row |= {"vs": rows[-1]["variant"], **paired_comparison(rows[-1]["scores"], row["scores"])}
+                before = next(r for r in rows if r["variant"] == variant.vs) if variant.vs else rows[-1]
+                row |= {"vs": before["variant"], **paired_comparison(before["scores"], row["scores"])}
             rows.append(row)
         table["benchmarks"][benchmark] = rows
     return table
 
 
 def variant_row(variant: Variant, folder: Path, resamples: int, confidence: float) -> dict:
+    """A plan-sampled row scores the candidate it chose per problem: its pass@1 is the filtered
+    pass@1, marked with its sample budget so it is never read as plain pass@1."""
     summary = json.loads((folder / "summary.json").read_text())
-    scores = problem_scores(row for _, row in read_jsonl(folder / "samples.jsonl"))
+    samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]
+    budget = summary.get("sample_budget")
+    if budget:
+        samples = [row for row in samples if row["selected"]]
+        summary |= {"pass@1": summary["filtered_pass@1"],
+                    "syntax_valid": sum(row["syntax_valid"] for row in samples) / len(samples),
+                    "avg_tests_passed": sum(row["tests_passed"] for row in samples) / len(samples)}
+    scores = problem_scores(samples)
     low, high = bootstrap_interval(list(scores.values()), resamples=resamples, confidence=confidence)
     return {"variant": variant.name, "model": variant.model, "context": variant.context, "problems": len(scores),
+            "sample_budget": budget,
             **{metric: summary.get(metric) for metric in METRICS}, "ci_low": low, "ci_high": high,
             "parameters": count_parameters(variant.model), "stage": variant.stage,
             "stage_wall_seconds": variant.cost.get("wall_seconds"),

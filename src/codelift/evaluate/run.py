@@ -21,7 +21,7 @@ from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import backend_options, extract_code, make_generator
-from codelift.io import run_manifest, write_json, write_jsonl
+from codelift.io import check_same_settings, run_manifest, write_json, write_jsonl
 from codelift.prompts import CODE_STOP_SEQUENCES, render_prompt
 from codelift.rag.context import check_context, task_contexts
 from codelift.rag.index import load_index
@@ -101,13 +101,10 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
     """An --out folder is resumed only by the run that made it: same model, prompts, sampling."""
     path = out / "eval_config.json"
     if path.is_file():
-        before = json.loads(path.read_text())
-        changed = [k for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature", "max_new_tokens",
-                               "seed", "context", "examples", "index", "plans", "codes_per_plan", "plan_temperature")
-                   if before.get(k) != asdict(cfg)[k]]
-        if changed:
-            raise CodeliftError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
-                                f"use another --out or remove it.")
+        now = {k: asdict(cfg)[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
+                                           "max_new_tokens", "seed", "context", "examples", "index", "plans",
+                                           "codes_per_plan", "plan_temperature")}
+        check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
         write_json(path, asdict(cfg))
 
@@ -121,8 +118,6 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
         return done
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
-    if cfg.mode == "plan" and cfg.context != "none":
-        raise CodeliftError("--mode plan puts the student's own plan into the prompt; use --context none.")
     fmt = MODES[cfg.mode]
     options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
                               endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
@@ -133,32 +128,37 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
+            contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
             if cfg.mode == "plan":
                 from codelift.plans.sampling import plan_sampled_rows
 
                 rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
                                          plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
-                                         max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout, seed=cfg.seed + start)
-                append_rows(log, rows)
-                done += rows
-                continue
-            contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
-            prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(chunk, contexts)]
-            results = generator.generate(prompts, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, stop=prompt_stop(fmt), seed=cfg.seed + start)
-            rows = [{"task_id": task.task_id, "sample": i, "raw": text,
-                     "completion": text if fmt == "raw" else extract_code(text),
-                     "generation_seconds": round(result.seconds / cfg.n_samples, 4),
-                     "new_tokens": result.token_counts[i], "mean_logprob": result.mean_logprobs[i],
-                     "context_ids": context.example_ids,
-                     "retrieval_embed_seconds": round(context.embed_seconds, 5),
-                     "retrieval_search_seconds": round(context.search_seconds, 6),
-                     "dropped_self_hits": context.dropped_self_hits}
-                    for task, result, context in zip(chunk, results, contexts)
-                    for i, text in enumerate(result.completions)]
+                                         max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout, seed=cfg.seed + start,
+                                         contexts=[c.text for c in contexts])
+                by_task = dict(zip((t.task_id for t in chunk), contexts))
+                rows = [row | context_fields(by_task[row["task_id"]]) for row in rows]
+            else:
+                prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(chunk, contexts)]
+                results = generator.generate(prompts, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
+                                             temperature=cfg.temperature, stop=prompt_stop(fmt), seed=cfg.seed + start)
+                rows = [{"task_id": task.task_id, "sample": i, "raw": text,
+                         "completion": text if fmt == "raw" else extract_code(text),
+                         "generation_seconds": round(result.seconds / cfg.n_samples, 4),
+                         "new_tokens": result.token_counts[i], "mean_logprob": result.mean_logprobs[i],
+                         **context_fields(context)}
+                        for task, result, context in zip(chunk, results, contexts)
+                        for i, text in enumerate(result.completions)]
             append_rows(log, rows)
             done += rows
     return done
+
+
+def context_fields(context) -> dict:
+    """What a sample row records of its prompt context: the examples and the retrieval's cost."""
+    return {"context_ids": context.example_ids, "retrieval_embed_seconds": round(context.embed_seconds, 5),
+            "retrieval_search_seconds": round(context.search_seconds, 6),
+            "dropped_self_hits": context.dropped_self_hits}
 
 
 def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:

@@ -38,15 +38,15 @@ def clean_plan(text: str) -> str:
     return render_plan(steps) if steps else text.strip()
 
 
-def distinct_plans(generator, tasks: Sequence[Task], n: int, *, temperature: float, max_new_tokens: int,
-                   seed: int) -> list[list[str]]:
+def distinct_plans(generator, tasks: Sequence[Task], contexts: Sequence[str], n: int, *, temperature: float,
+                   max_new_tokens: int, seed: int) -> list[list[str]]:
     """Up to `n` distinct non-empty plans per task; tasks short of `n` draw again (PLAN_ROUNDS in all)."""
     plans: list[list[str]] = [[] for _ in tasks]
     for round_ in range(PLAN_ROUNDS):
         short = [i for i in range(len(tasks)) if len(plans[i]) < n]
         if not short:
             break
-        drawn = generator.generate([student_plan_prompt(tasks[i]) for i in short], n=n, max_new_tokens=max_new_tokens,
+        drawn = generator.generate([student_plan_prompt(tasks[i], contexts[i]) for i in short], n=n, max_new_tokens=max_new_tokens,
                                    temperature=temperature, stop=STOP, seed=seed + 1000 * round_)
         for i, result in zip(short, drawn):
             for text in map(clean_plan, result.completions):
@@ -85,9 +85,11 @@ def run_visible_tests(tasks: Sequence[Task], candidates: list[list[dict]], timeo
 
 
 def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per_plan: int, plan_temperature: float,
-                      temperature: float, max_new_tokens: int, timeout: float = 3.0, seed: int = 42) -> list[dict]:
+                      temperature: float, max_new_tokens: int, timeout: float = 3.0, seed: int = 42,
+                      contexts: Sequence[str] | None = None) -> list[dict]:
     """One row per candidate program, `selected` marking the chosen one of each task; each row holds
-    its plan, its visible-test verdict and statuses, and its share of the generation time."""
+    its plan, its visible-test verdict and statuses, and its share of the generation time.
+    `contexts` (retrieved examples, one per task) go into both the plan and the code prompts."""
     from codelift.generate import extract_code
 
     if plans < 0 or codes_per_plan < 1:
@@ -96,11 +98,12 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
     if codes_per_plan > 1 and temperature == 0:
         raise CodeliftError(f"--codes-per-plan {codes_per_plan} with --temperature 0: greedy programs from one plan "
                             f"are identical; give a sampling temperature such as 0.6.")
-    task_plans = distinct_plans(generator, tasks, plans, temperature=plan_temperature, max_new_tokens=max_new_tokens,
-                                seed=seed) if plans else [[] for _ in tasks]
+    contexts = contexts or [""] * len(tasks)
+    task_plans = distinct_plans(generator, tasks, contexts, plans, temperature=plan_temperature,
+                                max_new_tokens=max_new_tokens, seed=seed) if plans else [[] for _ in tasks]
     task_plans = [found or [""] for found in task_plans]  # --plans 0 or no usable plan: code without one
     pairs = [(t, j, plan) for t, found in enumerate(task_plans) for j, plan in enumerate(found)]
-    programs = generator.generate([student_code_prompt(tasks[t], plan) for t, _, plan in pairs], n=codes_per_plan,
+    programs = generator.generate([student_code_prompt(tasks[t], plan, contexts[t]) for t, _, plan in pairs], n=codes_per_plan,
                                   max_new_tokens=max_new_tokens, temperature=temperature, stop=STOP, seed=seed)
     candidates: list[list[dict]] = [[] for _ in tasks]
     for (t, j, plan), result in zip(pairs, programs):

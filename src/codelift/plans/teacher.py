@@ -24,7 +24,7 @@ from codelift.data import Task, load_tasks
 from codelift.data.clean import tokens
 from codelift.errors import CodeliftError
 from codelift.evaluate.run import append_rows, read_appended
-from codelift.io import write_json, write_jsonl
+from codelift.io import check_same_settings, write_json, write_jsonl
 from codelift.prompts import PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt
 
 TASK_CHUNK = 16  # tasks between appends to the log (what a kill can lose)
@@ -142,11 +142,7 @@ def resume_log(log: Path, settings: dict) -> dict[str, dict]:
     if not rows:
         append_rows(log, [{"settings": settings}])
         return {}
-    if rows[0].get("settings") != settings:
-        before = rows[0].get("settings") or {}
-        changed = sorted(k for k in settings if before.get(k) != settings[k])
-        raise CodeliftError(f"{log} was made with other settings ({', '.join(changed) or 'unknown'} differ); "
-                            f"use another --out or remove it to start over.")
+    check_same_settings(str(log), rows[0].get("settings") or {}, settings)
     return {row["task_id"]: row for row in rows[1:]}
 
 

@@ -25,7 +25,7 @@ from rich.progress import Progress
 
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path, write_json
+from codelift.io import atomic_path, check_same_settings, write_json
 from codelift.models.load import load_model, load_tokenizer, prepare_model
 from codelift.train.core import ExampleCollator, use_bf16
 from codelift.train.data import sft_examples
@@ -84,7 +84,8 @@ def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, 
                 "dtypes": {"ids": "uint16" if vocab <= 2**16 else "int32", "log_probs": log_prob_dtype,
                            "tail": "float32"}, "shard_examples": shard_examples}
     out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(out / "manifest.json", identity)
+    if (out / "manifest.json").is_file():
+        check_same_settings(f"{out} (a teacher cache)", json.loads((out / "manifest.json").read_text()), identity)
     write_json(out / "manifest.json", identity | {"complete": False})
 
     model, _ = load_model(teacher_path, dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -104,16 +105,6 @@ def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, 
                            "bytes": stored, "bytes_per_token": round(stored / max(tokens, 1), 1)}
     write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def _check_resumable(path: Path, identity: dict) -> None:
-    if not path.is_file():
-        return
-    before = json.loads(path.read_text())
-    changed = [k for k, v in identity.items() if before.get(k) != v]
-    if changed:
-        raise CodeliftError(f"{path.parent} holds a teacher cache made with other settings ({', '.join(changed)} "
-                            f"differ); use another --out or remove it.")
 
 
 def _write_shard(path: Path, shard, model, collate, vocab: int, top_k: int, batch_size: int, dtypes: dict) -> None:
