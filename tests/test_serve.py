@@ -116,6 +116,31 @@ def test_sixteen_concurrent_requests_are_all_answered(client, generator):
     assert [a.choices[0].text for a in answers] == [d.completions[0] for d in direct]
 
 
+def test_greedy_requests_with_different_seeds_share_a_batch(generator):
+    class Counted:  # the real generator, counting the batches the server hands it
+        def __init__(self):
+            self.batches = []
+
+        def __getattr__(self, name):
+            return getattr(generator, name)
+
+        def generate(self, prompts, **settings):
+            self.batches.append(len(prompts))
+            return generator.generate(prompts, **settings)
+
+    counted = Counted()
+    server, thread, url = start_server(build_app(counted, NAME))
+    try:
+        with openai.OpenAI(base_url=url, api_key="none", max_retries=0) as c, ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: c.completions.create(model=NAME, prompt=f"def f{i}(x):", max_tokens=32,
+                                                                   temperature=0, seed=i), range(16)))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert len(answers) == 16 and sum(counted.batches) == 16
+    assert len(counted.batches) < 16  # keyed by seed, each request would have been its own batch
+
+
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client):
     completions, chat = f"{server}/completions", f"{server}/chat/completions"
     cases = [
