@@ -104,3 +104,14 @@ def test_headless_chromium_renders_the_report_with_its_images(run_dir, tmp_path)
     dom = subprocess.run([*flags, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
     assert dom.count("<img") == 5 and "Ablation on mbpp:validation" in dom
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_findings_do_not_crown_a_best_student_when_none_solves_anything():
+    from codelift.report import findings
+
+    row = {"pass@1": 0.0, "ci_low": 0.0, "ci_high": 0.0, "problems": 20, "newly_solved": [], "broken": [],
+           "p_value": 1.0}
+    ablation = {"benchmarks": {"mbpp:validation": [{**row, "variant": "base"}, {**row, "variant": "sft", "vs": "base"},
+                                                   {**row, "variant": "teacher", "vs": "sft", "pass@1": 0.15}]}}
+    text = findings(ablation)
+    assert "no student variant solves any of the 20 problems" in text and "best student" not in text

@@ -105,8 +105,11 @@ def findings(ablation: dict) -> str:
     for benchmark, rows in ablation["benchmarks"].items():
         students = [r for r in rows if r["variant"] != "teacher"] or rows
         best = max(students, key=lambda r: r["pass@1"])
-        lines.append(f"On {benchmark}, the best student variant is {best['variant']} with pass@1 "
-                     f"{best['pass@1']:.3f} ({best['ci_low']:.3f}-{best['ci_high']:.3f}).")
+        if best["pass@1"] == 0:
+            lines.append(f"On {benchmark}, no student variant solves any of the {best['problems']} problems.")
+        else:
+            lines.append(f"On {benchmark}, the best student variant is {best['variant']} with pass@1 "
+                         f"{best['pass@1']:.3f} ({best['ci_low']:.3f}-{best['ci_high']:.3f}).")
         for row in rows[1:]:
             verdict = "a significant" if row["p_value"] < 0.05 else "not a significant"
             lines.append(f"{row['variant']} vs {row['vs']}: +{len(row['newly_solved'])} / -{len(row['broken'])} "
