@@ -49,3 +49,20 @@ def test_model_prune_info_and_generate(tiny_model_dir, tmp_path):
     assert [line for line in result.output.splitlines() if "layers" in line][0].split()[-2] == "3"
     result = runner.invoke(app, ["generate", str(student), "def add(a, b):", "--max-new-tokens", "4"])
     assert result.exit_code == 0 and "tokens/s" in result.output
+
+
+def test_sigterm_unwinds_so_open_engines_close(tmp_path):
+    """A terminated command runs its context managers' exits (a vllm engine's shutdown among them)."""
+    closed = tmp_path / "closed"
+    script = f"""
+import contextlib, os, signal, time
+from pathlib import Path
+from codelift.cli import exit_on_terminate
+exit_on_terminate()
+with contextlib.ExitStack() as stack:
+    stack.callback(Path({str(closed)!r}).write_text, "yes")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert done.returncode == 128 + 15 and closed.read_text() == "yes"

@@ -503,6 +503,15 @@ def tune(config: Annotated[Path, typer.Argument(help="YAML RunConfig; its tune: 
                   f"({cfg.tune.metric} {result['best_score']:.3f}): {result['best_settings'] or 'the config as given'}")
 
 
+def exit_on_terminate() -> None:
+    """SIGTERM (`kill`, a scheduler's stop) exits through Python's unwinding, so open engines close:
+    killed by default, an evaluation on the vllm backend left its engine processes running, holding
+    memory and cores."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     """Entry point: user errors print one sentence and exit 2, without a traceback."""
     from transformers.utils import logging as hf_logging
@@ -511,6 +520,7 @@ def main() -> None:
     # bitsandbytes asks for a hub-downloaded CPU kernel at import and warns on every command without
     # it; its built-in CPU path is what runs, so the warning is noise here.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    exit_on_terminate()
     try:
         app()
     except CodeliftError as e:
