@@ -49,3 +49,16 @@ def test_vllm_samples_n_and_cuts_at_stop(engine):
     stop = text[len(text) // 2: len(text) // 2 + 2]
     [cut] = engine.generate(PROMPTS[1:2], max_new_tokens=12, stop=[stop])
     assert cut.completions[0] == text[:text.index(stop)] and cut.token_counts[0] < free.token_counts[0]
+
+
+def test_vllm_seeded_sampling_survives_more_prompt_tokens_than_one_step_takes(engine):
+    """vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a seeded request's
+    prefill is split across steps; 24 prompts of about 400 tokens exceed one step's budget."""
+    long_prompt = "def f(x):\n" + "    x = x + 1\n" * 50
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    prompts = [f"# variant {i}\n{long_prompt}" for i in range(24)]
+    assert sum(len(engine.tokenizer(p)["input_ids"]) for p in prompts) > budget
+    first = engine.generate(prompts, n=2, max_new_tokens=4, temperature=0.8, seed=3)
+    again = engine.generate(prompts, n=2, max_new_tokens=4, temperature=0.8, seed=3)
+    assert [r.completions for r in first] == [r.completions for r in again]
+    assert all(len(r.completions) == 2 for r in first)

@@ -29,7 +29,10 @@ class VLLMGenerator(Generator):
                  enforce_eager: bool = False, max_model_len: int | None = None,
                  gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None, progress: bool = True):
         """On CPU, vLLM reserves `gpu_memory_utilization` of all RAM (0.92 by default) and refuses to
-        start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead."""
+        start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead.
+        Chunked prefill is off on CPU too: vLLM's CPU sampler crashes ("CPU Generator does not use
+        offset") when a seeded request's prompt is split across steps, which plan sampling's many
+        seeded requests hit."""
         import torch
 
         from codelift.models.load import load_tokenizer, prepare_model
@@ -42,11 +45,14 @@ class VLLMGenerator(Generator):
             raise CodeliftError(f"--backend vllm needs vLLM ({e}): {INSTALL_HINT}.") from None
         path = prepare_model(model)
         self.tokenizer = load_tokenizer(path)
-        if kv_cache_gib is None and gpu_memory_utilization is None and not torch.cuda.is_available():
+        on_cpu = not torch.cuda.is_available()
+        if kv_cache_gib is None and gpu_memory_utilization is None and on_cpu:
             kv_cache_gib = 2
         extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                                        kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None).items()
                  if v is not None}
+        if on_cpu:  # vLLM then sizes a step to hold the longest prompt whole
+            extra["enable_chunked_prefill"] = False
         self.llm = LLM(model=path, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, seed=0, **extra)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
