@@ -17,7 +17,11 @@ def test_humaneval_tasks_carry_prompt_tests_and_doctest_examples():
     assert first.task_id == "HumanEval/0" and first.entry_point == "has_close_elements"
     assert first.solution.startswith(first.prompt_prefix) and "def has_close_elements" in first.solution
     assert first.tests[0].rstrip().endswith("check(has_close_elements)")
-    assert first.visible_tests[0] == "assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False"
+    # every docstring example, the last one too (doctest reads the closing quotes into its output)
+    assert first.visible_tests == ["assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False",
+                                   "assert has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) == True"]
+    assert tasks[2].visible_tests == ["assert truncate_number(3.5) == 0.5"]
+    assert sum(map(bool, (t.visible_tests for t in tasks))) == 70  # the rest give examples in prose
 
 
 @pytest.mark.parametrize("split,count", [("train", 374), ("validation", 90), ("prompt", 10)])

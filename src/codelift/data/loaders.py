@@ -35,6 +35,7 @@ LOCAL_FILES = {"mbpp": ("mbpp/mbpp-{split}.jsonl", "mbpp/mbpp.jsonl", "mbpp-{spl
                "code_alpaca": ("code_alpaca/code_alpaca_2k.json", "code_alpaca/code_alpaca.jsonl",
                                "code_alpaca_20k.json", "code_alpaca.jsonl")}
 SOURCES = (*SPLITS, "FILE.json[l]")
+CLOSING_QUOTES = re.compile(r"\n\s*(\"\"\"|''')\s*$")  # a docstring's end, after its last example
 
 
 def load_tasks(source: str, split: str | None = None, *, data_dir: str | os.PathLike | None = None,
@@ -143,10 +144,12 @@ def load_humaneval() -> list[Task]:
 
 
 def doctest_asserts(prompt: str) -> list[str]:
-    """Turn the `>>> call` / `result` examples of a docstring into assert statements."""
+    """Turn the `>>> call` / `result` examples of a docstring into assert statements. The closing
+    quotes that follow the last example are not part of its result, though doctest reads them in."""
     asserts = []
     for example in doctest.DocTestParser().get_examples(prompt):
-        statement = f"assert {example.source.strip()} == {example.want.strip()}"
+        want = CLOSING_QUOTES.sub("", example.want).strip()
+        statement = f"assert {example.source.strip()} == {want}"
         if parse_python(statement):
             asserts.append(statement)
     return asserts
