@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from codelift.data import load_tasks
+from codelift.data import Task, load_tasks
 from codelift.data.loaders import load_humaneval
 from codelift.errors import CodeliftError
 from codelift.evaluate.run import EvalConfig, evaluate_model
-from codelift.evaluate.score import score_samples
+from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import make_generator
-from codelift.plans.sampling import plan_sampled_rows, run_visible_tests, select_candidate
+from codelift.plans.sampling import plan_sampled_rows, plan_summary, run_visible_tests, select_candidate
 
 # mbpp/517 largest_pos; visible: assert largest_pos([1,2,3,4,-1]) == 4
 FITS_VISIBLE_ONLY = "def largest_pos(list1):\n    return 4\n"  # passes the visible test, fails the hidden ones
@@ -83,6 +83,26 @@ def test_eval_mode_plan_reports_filtered_pass_at_1_apart_and_records_candidates(
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and sum(r["selected"] for r in rows) == 2
     assert all({"plan", "visible_verdict", "visible_tests", "verdict"} <= set(r) for r in rows)
+    assert summary["tasks"] == 2 and summary["candidate_samples"] == 4 and sum(summary["verdicts"].values()) == 2
+
+
+def test_plan_summary_scores_the_chosen_candidates_and_keeps_every_candidates_apart():
+    def row(task_id, plan_index, selected, passed, syntax, tests_passed, visible):
+        return {"task_id": task_id, "plan_index": plan_index, "selected": selected, "passed": passed,
+                "verdict": "passed" if passed else "failed", "syntax_valid": syntax, "exact_match": False,
+                "tests_passed": tests_passed, "visible_verdict": visible}
+
+    rows = [row("a", 0, False, False, False, 0.0, "failed"), row("a", 1, True, True, True, 1.0, "passed"),
+            row("b", 0, True, False, True, 0.5, "failed"), row("b", 0, False, False, False, 0.0, "failed")]
+    tasks = {t: Task(t, "prompt", f"def {t}(): pass", ["assert True"]) for t in "ab"}
+    summary = plan_summary(summarize(rows, tasks, k=(1,)), rows, list(tasks.values()), plans=2, codes_per_plan=2)
+    assert summary["filtered_pass@1"] == 0.5 and "pass@1" not in summary
+    assert summary["syntax_valid"] == 1.0 and summary["avg_tests_passed"] == 0.75  # (1 + 0.5) / 2
+    assert summary["verdicts"]["passed"] == 1 and summary["verdicts"]["failed"] == 1
+    assert summary["candidate_pass@1"] == 0.25 and summary["candidate_syntax_valid"] == 0.5
+    assert summary["candidate_avg_tests_passed"] == 0.375  # (a: (0 + 1) / 2 + b: (0.5 + 0) / 2) / 2
+    assert summary["selected_passed_visible"] == 0.5 and summary["mean_distinct_plans"] == 1.5
+    assert summary["sample_budget"] == "2 plans x 2 programs = 4"
 
 
 def test_cli_generate_mode_plan_prints_every_candidate_and_the_choice(tiny_model_dir):

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codelift.evaluate.metrics import average_tests_passed
 from codelift.evaluate.stats import bootstrap_interval, paired_comparison, problem_scores
 from codelift.io import read_jsonl
 
@@ -55,11 +54,9 @@ def variant_row(variant: Variant, folder: Path, resamples: int, confidence: floa
     summary = json.loads((folder / "summary.json").read_text())
     samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]
     budget = summary.get("sample_budget")
-    if budget:
+    if budget:  # its summary already scores the chosen candidates
         samples = [row for row in samples if row["selected"]]
-        summary |= {"pass@1": summary["filtered_pass@1"],
-                    "syntax_valid": sum(row["syntax_valid"] for row in samples) / len(samples),
-                    "avg_tests_passed": average_tests_passed([row["tests_passed"]] for row in samples)}
+        summary["pass@1"] = summary["filtered_pass@1"]
     scores = problem_scores(samples)
     low, high = bootstrap_interval(list(scores.values()), resamples=resamples, confidence=confidence)
     return {"variant": variant.name, "model": variant.model, "context": variant.context, "problems": len(scores),

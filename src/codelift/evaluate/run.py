@@ -172,7 +172,7 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
     if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary
 
-        summary = plan_summary(summary, rows, cfg.plans, cfg.codes_per_plan)
+        summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan)
     summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
     summary["wall_seconds_per_task"] = round(summary["wall_seconds"] / len(tasks), 2)

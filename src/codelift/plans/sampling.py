@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from codelift.data import Task
 from codelift.errors import CodeliftError
+from codelift.evaluate.score import score_samples, summarize
 from codelift.plans.teacher import plan_steps, render_plan
 from codelift.prompts import student_code_prompt, student_plan_prompt
 
@@ -67,8 +68,6 @@ def select_candidate(candidates: Sequence[dict]) -> int:
 
 def run_visible_tests(tasks: Sequence[Task], candidates: list[list[dict]], timeout: float) -> None:
     """Judge every candidate on its task's visible tests in the sandbox, in place."""
-    from codelift.evaluate.score import score_samples
-
     shown = [visible_only(t) for t in tasks]
     jobs = [(task, c) for task, group in zip(shown, candidates) for c in group if task.tests]
     for task, group in zip(shown, candidates):
@@ -119,13 +118,16 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
     return rows
 
 
-def plan_summary(summary: dict, rows: Sequence[dict], plans: int, codes_per_plan: int) -> dict:
-    """The evaluation summary of a plan-sampled run: pass@k and em@k over all candidates become
-    candidate_pass@k and candidate_em@k (unselected candidates), and filtered pass@1 (the chosen
-    candidate) stands apart with its budget."""
+def plan_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], plans: int, codes_per_plan: int) -> dict:
+    """The summary of a plan-sampled run scores the candidate chosen per problem, as a run of one
+    program per problem is scored. Its pass rate is named filtered pass@1 and carries its sample
+    budget, so it is never read as plain pass@1; every candidate's own scores stay, named candidate_*."""
     chosen = [r for r in rows if r["selected"]]
-    renamed = {(f"candidate_{k}" if k.startswith(("pass@", "em@")) else k): v for k, v in summary.items()}
-    return renamed | {"filtered_pass@1": sum(r["passed"] for r in chosen) / len(chosen),
-                      "sample_budget": f"{plans} plans x {codes_per_plan} programs = {max(plans, 1) * codes_per_plan}",
-                      "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
-                      "mean_distinct_plans": len({(r["task_id"], r["plan_index"]) for r in rows}) / len(chosen)}
+    scored = summarize(chosen, {t.task_id: t for t in tasks}, k=(1,), codebleu="codebleu" in candidates)
+    filtered = {"tasks": scored["tasks"], "filtered_pass@1": scored["pass@1"],
+                "sample_budget": f"{plans} plans x {codes_per_plan} programs = {max(plans, 1) * codes_per_plan}",
+                **{key: scored[key] for key in ("exact_match", "syntax_valid", "avg_tests_passed", "codebleu", "verdicts")
+                   if key in scored},
+                "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
+                "mean_distinct_plans": len({(r["task_id"], r["plan_index"]) for r in rows}) / len(chosen)}
+    return filtered | {f"candidate_{key}": value for key, value in candidates.items() if key not in ("tasks", "verdicts")}
