@@ -62,3 +62,11 @@ def test_vllm_seeded_sampling_survives_more_prompt_tokens_than_one_step_takes(en
     again = engine.generate(prompts, n=2, max_new_tokens=4, temperature=0.8, seed=3)
     assert [r.completions for r in first] == [r.completions for r in again]
     assert all(len(r.completions) == 2 for r in first)
+
+
+def test_vllm_cpu_context_is_the_models_own_at_most_the_cap(vllm_model_dir, monkeypatch):
+    from codelift.generate import vllm
+
+    assert vllm.cpu_context_length(str(vllm_model_dir)) == 512  # the tiny model's own, under 8192
+    monkeypatch.setattr(vllm, "CPU_CONTEXT", 256)
+    assert vllm.cpu_context_length(str(vllm_model_dir)) == 256

