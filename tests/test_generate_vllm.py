@@ -53,7 +53,7 @@ def test_vllm_samples_n_and_cuts_at_stop(engine):
 
 def test_vllm_seeded_sampling_survives_more_prompt_tokens_than_one_step_takes(engine):
     """vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a seeded request's
-    prefill is split across steps; 24 prompts of about 400 tokens exceed one step's budget."""
+    prefill is split across steps; 24 prompts of about 360 tokens, twice each, overflow one step's budget."""
     long_prompt = "def f(x):\n" + "    x = x + 1\n" * 50
     budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     prompts = [f"# variant {i}\n{long_prompt}" for i in range(24)]
