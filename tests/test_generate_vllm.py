@@ -55,7 +55,9 @@ def test_vllm_seeded_sampling_survives_more_prompt_tokens_than_one_step_takes(en
     """vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a seeded request's
     prefill is split across steps; 24 prompts of about 360 tokens, twice each, overflow one step's budget."""
     long_prompt = "def f(x):\n" + "    x = x + 1\n" * 50
-    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert not scheduler.enable_chunked_prefill  # the fix; the rest shows why it is needed
+    budget = scheduler.max_num_batched_tokens
     prompts = [f"# variant {i}\n{long_prompt}" for i in range(24)]
     assert sum(len(engine.tokenizer(p)["input_ids"]) for p in prompts) > budget
     first = engine.generate(prompts, n=2, max_new_tokens=4, temperature=0.8, seed=3)

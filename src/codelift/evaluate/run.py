@@ -101,9 +101,10 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
     """An --out folder is resumed only by the run that made it: same model, prompts, sampling."""
     path = out / "eval_config.json"
     if path.is_file():
-        now = {k: asdict(cfg)[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
-                                           "max_new_tokens", "seed", "context", "examples", "index", "plans",
-                                           "codes_per_plan", "plan_temperature")}
+        settings = asdict(cfg)
+        now = {k: settings[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
+                                        "max_new_tokens", "seed", "context", "examples", "index", "plans",
+                                        "codes_per_plan", "plan_temperature")}
         check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
         write_json(path, asdict(cfg))
@@ -172,7 +173,7 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
     if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary
 
-        summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan)
+        summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan, codebleu=cfg.codebleu)
     summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
     summary["wall_seconds_per_task"] = round(summary["wall_seconds"] / len(tasks), 2)

@@ -118,12 +118,13 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
     return rows
 
 
-def plan_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], plans: int, codes_per_plan: int) -> dict:
+def plan_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], plans: int, codes_per_plan: int, *,
+                 codebleu: bool = False) -> dict:
     """The summary of a plan-sampled run scores the candidate chosen per problem, as a run of one
     program per problem is scored. Its pass rate is named filtered pass@1 and carries its sample
     budget, so it is never read as plain pass@1; every candidate's own scores stay, named candidate_*."""
     chosen = [r for r in rows if r["selected"]]
-    scored = summarize(chosen, {t.task_id: t for t in tasks}, k=(1,), codebleu="codebleu" in candidates)
+    scored = summarize(chosen, {t.task_id: t for t in tasks}, k=(1,), codebleu=codebleu)
     filtered = {"tasks": scored["tasks"], "filtered_pass@1": scored["pass@1"],
                 "sample_budget": f"{plans} plans x {codes_per_plan} programs = {max(plans, 1) * codes_per_plan}",
                 **{key: scored[key] for key in ("exact_match", "syntax_valid", "avg_tests_passed", "codebleu", "verdicts")
