@@ -143,3 +143,22 @@ def test_stop_sequences_and_code_extraction():
     assert truncate_at_stop("no stop here", []) == "no stop here"
     assert extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
     assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1\n"
+    assert extract_code("def f(): pass") == "def f(): pass\n"
+
+
+def test_extract_code_keeps_what_the_tests_can_use_and_drops_the_models_own_checks():
+    answer = ("Here is the function:\n```python\nimport math\nfrom typing import List\n\nLIMIT = 10\nunused = 3\n\n"
+              "@staticmethod\ndef helper(x):\n    return x * LIMIT\n\ndef area(r: float) -> float:\n    return math.pi * helper(r)\n\n"
+              "print(area(2))\nassert area(1) == 0\nresult = area(3)\nif __name__ == '__main__':\n    print(result)\n```\n"
+              "Explanation: ...")
+    assert extract_code(answer) == ("import math\n\nfrom typing import List\n\nLIMIT = 10\n\n@staticmethod\ndef helper(x):\n"
+                                    "    return x * LIMIT\n\ndef area(r: float) -> float:\n    return math.pi * helper(r)\n")
+    # the first non-empty block; a lone closing fence (no opening one) is cut, not read as a block
+    assert extract_code("```\n```\n```python\ndef g():\n    return 2\n```") == "def g():\n    return 2\n"
+    assert extract_code("def g():\n    return 2\n```") == "def g():\n    return 2\n"
+    assert extract_code("def g():\n    return 2\n```\nThat is all.") == "def g():\n    return 2\n"
+    # code that does not parse, or holds no definition, is left as the model wrote it
+    assert extract_code("```python\ndef broken(:\n    pass\nprint(1)\n```") == "def broken(:\n    pass\nprint(1)\n"
+    assert extract_code("```python\nx = int(input())\nprint(x * 2)\n```") == "x = int(input())\nprint(x * 2)\n"
+    # a class and the assignment a method reads stay; a call at the top level goes
+    assert extract_code("class Pair:\n    SIZE = 2\n\nDEFAULT = Pair()\nPair()\n") == "class Pair:\n    SIZE = 2\n"

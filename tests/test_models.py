@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codelift.errors import CodeliftError
-from codelift.generate import extract_code, generate, truncate_at_stop
+from codelift.generate import generate
 from codelift.models import load_model, model_info, prepare_model, prune_model
 from codelift.models.prune import evenly_spaced
 
@@ -39,14 +39,6 @@ def test_generate_batches_and_samples_n(tiny_model_dir):
                        temperature=0.8, n=2, batch_size=2, progress=False)
     assert [len(r.completions) for r in results] == [2, 2, 2]
     assert [r.prompt for r in results] == ["def a():", "import os\nx = 1", "print("]
-
-
-def test_stop_sequences_and_code_extraction():
-    assert truncate_at_stop("    return 1\ndef other():", ["\ndef ", "\nclass "]) == "    return 1"
-    answer = "Here it is:\n```python\ndef f():\n    return 1\n```\nThis works because..."
-    assert extract_code(answer) == "def f():\n    return 1\n"
-    assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1\n"
-    assert extract_code("def f(): pass") == "def f(): pass"
 
 
 def test_model_folder_errors_name_the_problem(tiny_model_dir, tmp_path):

@@ -8,6 +8,7 @@ which one runs.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,10 +41,60 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 def extract_code(answer: str) -> str:
-    """The first fenced code block of a chat answer (an unclosed one runs to the end);
-    the answer itself when it has no fence."""
-    match = _FENCED.search(answer)
-    return match.group(1).rstrip() + "\n" if match else answer
+    """The program in a chat or instruct answer, as the tests should see it.
+
+    The first non-empty fenced code block (an unclosed one runs to the end); but where the answer
+    opens with code that defines something and a closing fence follows with no opening one (a
+    fine-tuned model's habit), that code. Where it parses, only what a test can use is kept: imports, function
+    and class definitions, and the top-level assignments they read. The model's own example calls,
+    prints, asserts and `if __name__` blocks go: measured on 200 MBPP problems, 37 of the shipped
+    Qwen 0.5B's 52 failures were its own trailing asserts or calls, not the tests.
+    """
+    head = answer.split("```", 1)[0]
+    blocks = [m.group(1) for m in _FENCED.finditer(answer) if m.group(1).strip()]
+    code = head if _definitions(head) or not blocks else blocks[0]
+    return keep_definitions(code.rstrip() + "\n")
+
+
+def keep_definitions(code: str) -> str:
+    """`code` with only its imports, definitions and the assignments those read; unchanged when it
+    does not parse or holds no definition."""
+    if not _definitions(code):
+        return code
+    tree = ast.parse(code)
+    definitions = [node for node in tree.body if isinstance(node, _DEFINITIONS)]
+    assigned = {name: node for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for name in _assigned_names(node)}
+    needed, todo = set(definitions), list(definitions)
+    while todo:
+        for name in {n.id for n in ast.walk(todo.pop()) if isinstance(n, ast.Name)}:
+            if name in assigned and assigned[name] not in needed:
+                needed.add(assigned[name])
+                todo.append(assigned[name])
+    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) or node in needed]
+    lines = code.splitlines()
+    return "\n\n".join("\n".join(lines[_first_line(node) - 1:node.end_lineno]) for node in kept) + "\n"
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _definitions(code: str) -> list[ast.stmt]:
+    """The top-level function and class definitions of `code`; none when it does not parse."""
+    try:
+        return [node for node in ast.parse(code).body if isinstance(node, _DEFINITIONS)]
+    except (SyntaxError, ValueError):
+        return []
+
+
+def _assigned_names(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _first_line(node: ast.stmt) -> int:
+    """A statement's first line, its decorators included."""
+    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
 
 
 def check_sampling(n: int, max_new_tokens: int, temperature: float, top_p: float) -> None:
