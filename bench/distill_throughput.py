@@ -114,7 +114,8 @@ def trl_worker(teacher: str, student: str, train: Path, out: Path, steps: int, b
     from codelift.config import DistillConfig
     from codelift.models.load import load_tokenizer
     from codelift.train.callbacks import Throughput
-    from codelift.train.core import fast_bf16, training_sets
+    from codelift.hardware import fast_bf16
+    from codelift.train.core import training_sets
     from codelift.train.data import IGNORE_INDEX
 
     ours = DistillConfig(method="lora", max_length=max_length, batch_size=batch).resolved()

@@ -64,7 +64,7 @@ def trl_worker(model: str, train: Path, val: Path, out: Path, steps: int, batch:
     from codelift.models.load import load_tokenizer, prepare_model
     from codelift.prompts import instruct_prompt, task_instruction
     from codelift.train.callbacks import Throughput
-    from codelift.train.core import fast_bf16
+    from codelift.hardware import fast_bf16
 
     ours = CodeliftConfig(method="lora").resolved()
     path = prepare_model(model)

