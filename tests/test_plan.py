@@ -100,7 +100,7 @@ def test_two_task_loss_is_each_task_normalised_by_its_own_tokens_over_the_window
     gradients must equal (1 - lambda) * CE_code / N_code + lambda * CE_plan / N_plan computed by hand
     on full float64 logits of the whole window."""
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    cfg = PlanConfig(method="full", learning_rate=1e-3, max_length=96, batch_size=4, grad_accum=2, bf16=False,
+    cfg = PlanConfig(method="full", learning_rate=1e-3, max_length=96, prompt_format="instruct", batch_size=4, grad_accum=2, bf16=False,
                      lambda_plan=0.3)
     examples = plan_examples(mbpp_tasks, _plans(mbpp_tasks), tokenizer, cfg)
     code_rows = [r for r in examples if r["task"] == CODE][:4]
@@ -151,7 +151,7 @@ def test_plan_examples_mark_each_task_and_condition_code_on_plans(tiny_model_dir
 def test_plan_train_runs_on_the_core_and_logs_both_losses(tiny_model_dir, tasks_file, mbpp_tasks, tmp_path):
     plans_file = tmp_path / "plans.jsonl"
     write_jsonl(plans_file, ({"task_id": k, "plan": v[0]} for k, v in _plans(mbpp_tasks).items()))
-    cfg = PlanConfig(max_steps=2, batch_size=4, max_length=96, eval_every_epochs=1.0, eval_before_training=False,
+    cfg = PlanConfig(max_steps=2, batch_size=4, max_length=96, prompt_format="instruct", eval_every_epochs=1.0, eval_before_training=False,
                      bf16=False)
     manifest = train_plan(str(tiny_model_dir), str(tasks_file), str(plans_file), tmp_path / "run", cfg)
     assert manifest["stage"] == "plan" and manifest["steps"] == 2 and manifest["tasks_with_plans"] == 6

@@ -176,3 +176,36 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
     assert list(first) == list(resumed) and sorted(first) == list(range(12))
     resumed.set_epoch(2)
     assert list(resumed) != list(first)
+
+
+@pytest.mark.parametrize("fmt", ["chat", "instruct"])
+def test_a_student_is_trained_on_exactly_the_tokens_it_is_prompted_with(real_tokenizer_dir, data_dir, fmt):
+    """For one MBPP and one HumanEval task: the tokens before the first label equal the ids every
+    backend gives the model at evaluation, and the labels are the answer closed as inference ends it."""
+    from codelift.prompts import render_prompt
+    from codelift.train.data import encode_task
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    tasks = [load_tasks("mbpp", "validation", data_dir=data_dir)[0], load_tasks("humaneval")[0]]
+    for task in tasks:
+        example = encode_task(task, tokenizer, fmt, max_length=2048)
+        first_label = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+        at_eval = tokenizer(render_prompt(task, fmt, tokenizer), add_special_tokens=False)["input_ids"]
+        assert example["input_ids"][:first_label] == at_eval
+        learned = tokenizer.decode(example["labels"][first_label:])
+        if fmt == "chat":  # the assistant turn: the code in a fence, then the template's end-of-turn token
+            assert at_eval[-3:] == tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"][-3:]
+            assert learned == f"```python\n{task.solution.strip()}\n```<|im_end|>"
+        else:
+            assert learned == task.solution + tokenizer.eos_token
+
+
+def test_training_stages_record_and_use_the_models_own_chat_format(tiny_model_dir, train_file, tmp_path):
+    cfg = SFTConfig(method="lora", max_steps=1, batch_size=4, max_length=256, eval_every_epochs=1.0,
+                    eval_before_training=False, bf16=False)
+    manifest = train_sft(str(tiny_model_dir), str(train_file), tmp_path / "chat", cfg)
+    assert manifest["config"]["prompt_format"] == "chat"  # SmolLM2's tokenizer has a chat template
+    instruct = train_sft(str(tiny_model_dir), str(train_file), tmp_path / "instruct",
+                         cfg.model_copy(update={"prompt_format": "instruct"}))
+    assert instruct["config"]["prompt_format"] == "instruct"
+    assert json.loads((tmp_path / "chat" / "run.json").read_text())["config"]["prompt_format"] == "chat"

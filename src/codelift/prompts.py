@@ -19,6 +19,12 @@ EXAMPLE_OPEN, EXAMPLE_CLOSE = "<example {}>", "</example>"
 SYSTEM_PROMPT = "You are a helpful coding assistant. Answer with Python code in a ```python block."
 # Where a raw completion of code should stop: the model starts the next top-level thing.
 CODE_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+INSTRUCT_STOP = ("\n### ",)  # the model starts the next section of the instruct template
+
+
+def prompt_stop(fmt: str) -> tuple[str, ...]:
+    """Where a completion in prompt format `fmt` ends (chat answers end at their end-of-turn token)."""
+    return CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
 
 
 def examples_context(examples: Sequence[Task], fmt: str) -> str:
@@ -55,10 +61,8 @@ def render_prompt(task: Task, fmt: str, tokenizer=None, context: str = "") -> st
     if fmt == "raw":
         head = f"{context.strip()}\n\n" if context else ""
         return head + (task.prompt_prefix or f'"""\n{task.instruction.strip()}\n"""\n')
-    if fmt == "instruct":
-        return instruct_prompt(task_instruction(task), context)
-    if fmt == "chat":
-        return chat_prompt(task_instruction(task), tokenizer, context)
+    if fmt in ("instruct", "chat"):
+        return render_instruction(task_instruction(task), fmt, tokenizer, context)
     raise ValueError(f"unknown prompt format '{fmt}': expected one of {', '.join(FORMATS)}")
 
 
@@ -67,15 +71,76 @@ def with_context(text: str, context: str) -> str:
     return f"{CONTEXT_HEADER}{context.strip()}\n\n{text}" if context else text
 
 
+def chat_messages(instruction: str, context: str = "") -> list[dict]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": with_context(instruction, context)}]
+
+
 def chat_prompt(instruction: str, tokenizer, context: str = "") -> str:
     """The model's own chat template, or a clear error when the tokenizer has none."""
     from codelift.errors import CodeliftError
 
-    if not getattr(tokenizer, "chat_template", None):
-        raise CodeliftError("this model's tokenizer has no chat template; use --format raw or instruct.")
-    user = with_context(instruction, context)
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not has_chat_template(tokenizer):
+        raise CodeliftError("this model's tokenizer has no chat template; use --mode plain or instruct "
+                            "(prompt_format: raw or instruct).")
+    return tokenizer.apply_chat_template(chat_messages(instruction, context), tokenize=False, add_generation_prompt=True)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def default_format(tokenizer, fmt: str | None = None) -> str:
+    """The prompt format of a stage: the one asked for, else the model's own chat template where its
+    tokenizer has one, else the instruct template. An instruct model trained or prompted in a format it
+    never saw loses what it knew (24 LoRA steps in the instruct template: HumanEval 25/30 -> 21/30)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown prompt format '{fmt}': expected one of {', '.join(FORMATS)}")
+        return fmt
+    return "chat" if has_chat_template(tokenizer) else "instruct"
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids of a rendered prompt, the same for training and for every backend: the rendered
+    text carries every special token its format needs, so the tokenizer adds none."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def code_answer(code: str) -> str:
+    """How a chat answer gives code: one fenced block, which `extract_code` reads back."""
+    return f"```python\n{code.strip()}\n```"
+
+
+def training_example(instruction: str, answer: str, fmt: str, tokenizer, context: str = "") -> tuple[str, str, bool]:
+    """(prompt, target, add_eos) of one training example in format `fmt` (instruct or chat).
+
+    The prompt is exactly what evaluation renders for `instruction`. In chat the target is the
+    assistant turn as the template writes it, up to and including its end-of-turn token, so the
+    model learns to close its turn as it does at inference; otherwise the answer, with EOS added."""
+    if fmt == "instruct":
+        return instruct_prompt(instruction, context), answer, True
+    if fmt != "chat":
+        raise ValueError(f"prompt format '{fmt}' has no instruction form: expected instruct or chat")
+    from codelift.errors import CodeliftError
+
+    prompt = chat_prompt(instruction, tokenizer, context)
+    conversation = chat_messages(instruction, context) + [{"role": "assistant", "content": answer}]
+    whole = tokenizer.apply_chat_template(conversation, tokenize=False)
+    if not whole.startswith(prompt):
+        raise CodeliftError("this model's chat template renders a conversation differently from the prompt it "
+                            "asks a reply to, so training cannot match inference; use prompt_format: instruct.")
+    return prompt, whole[len(prompt):].rstrip(), False
+
+
+def task_training_example(task: Task, fmt: str, tokenizer, answer: str | None = None) -> tuple[str, str, bool]:
+    """A task's training example in format `fmt`, prompted as evaluation prompts it; `answer` (the
+    task's solution by default) is the code to learn. Raw: the code continues the prompt."""
+    code = task.solution if answer is None else answer
+    if fmt == "raw":
+        prompt = render_prompt(task, "raw")
+        return prompt, code[len(task.prompt_prefix):] if task.prompt_prefix and code.startswith(task.prompt_prefix) \
+            else code, True
+    return training_example(task_instruction(task), code_answer(code) if fmt == "chat" else code, fmt, tokenizer)
 
 
 # --- plans (CodePLAN) -----------------------------------------------------------------------------
@@ -126,11 +191,24 @@ def code_from_plan_prompt(task: Task, plan: str, tokenizer) -> str:
     return instruct_prompt(instruction)
 
 
-def student_plan_prompt(task: Task, context: str = "") -> str:
-    """The student's plan task, in the training template (with retrieved examples when given)."""
-    return instruct_prompt(f"{GEN_PLAN}\n{task_instruction(task)}", context)
+def render_instruction(instruction: str, fmt: str, tokenizer=None, context: str = "") -> str:
+    """An instruction as a prompt in format `fmt` (instruct or chat)."""
+    return chat_prompt(instruction, tokenizer, context) if fmt == "chat" else instruct_prompt(instruction, context)
 
 
-def student_code_prompt(task: Task, plan: str = "", context: str = "") -> str:
-    """The student's code task, in the training template, optionally given a plan and examples."""
-    return instruct_prompt(with_plan(f"{GEN_CODE}\n{task_instruction(task)}", plan), context)
+def student_plan_instruction(task: Task) -> str:
+    return f"{GEN_PLAN}\n{task_instruction(task)}"
+
+
+def student_code_instruction(task: Task, plan: str = "") -> str:
+    return with_plan(f"{GEN_CODE}\n{task_instruction(task)}", plan)
+
+
+def student_plan_prompt(task: Task, context: str = "", fmt: str = "instruct", tokenizer=None) -> str:
+    """The student's plan task, in its training format (with retrieved examples when given)."""
+    return render_instruction(student_plan_instruction(task), fmt, tokenizer, context)
+
+
+def student_code_prompt(task: Task, plan: str = "", context: str = "", fmt: str = "instruct", tokenizer=None) -> str:
+    """The student's code task, in its training format, optionally given a plan and examples."""
+    return render_instruction(student_code_instruction(task, plan), fmt, tokenizer, context)

@@ -25,7 +25,7 @@ from codelift.errors import CodeliftError
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import load_model, load_tokenizer, prepare_model
-from codelift.train.core import ExampleCollator, fit, plot_curves, training_sets, use_bf16
+from codelift.train.core import ExampleCollator, fit, plot_curves, training_sets, use_bf16, with_prompt_format
 from codelift.train.losses import cached_kd_loss, logit_kd_loss
 from codelift.train.teacher_cache import TeacherCacheCollator, load_teacher_cache, vocabulary_hash
 
@@ -48,6 +48,7 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
         raise CodeliftError("--mode on-policy scores the student's own samples, which no cache holds; give --teacher.")
     student_path = student_model(student)
     tokenizer = load_tokenizer(student_path)
+    cfg = with_prompt_format(cfg, tokenizer)
     vocab = len(tokenizer)
     train_set, val_set = training_sets(data, validation, tokenizer, cfg)
 

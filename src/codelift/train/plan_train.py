@@ -35,8 +35,8 @@ from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import load_tokenizer
 from codelift.plans.teacher import read_plans
-from codelift.prompts import student_code_prompt, student_plan_prompt
-from codelift.train.core import ExampleCollator, StageTrainer, fit, split_examples
+from codelift.prompts import code_answer, default_format, student_code_instruction, student_plan_instruction, training_example
+from codelift.train.core import ExampleCollator, StageTrainer, fit, split_examples, with_prompt_format
 from codelift.train.data import IGNORE_INDEX, encode_example
 from codelift.train.distill import student_model
 from codelift.train.losses import chunked_sums, cross_entropy_sum, output_logits, response_states
@@ -51,6 +51,7 @@ def train_plan(student: str, data: str, plans_file: str, out: Path, cfg: PlanCon
     set_seed(cfg.seed)
     model_path = student_model(student)
     tokenizer = load_tokenizer(model_path)
+    cfg = with_prompt_format(cfg, tokenizer)
     tasks, plans = load_tasks(data), read_plans(plans_file)
     if not any(t.task_id in plans for t in tasks):
         raise CodeliftError(f"{plans_file}: none of its plans belongs to a task of {data}; give the plans that "
@@ -78,14 +79,22 @@ def plan_examples(tasks: list[Task], plans: dict[str, list[str]], tokenizer, cfg
     """Encoded examples of both tasks; `example` is the task's index in `tasks`, `task` CODE or PLAN."""
     from datasets import Dataset
 
+    fmt = default_format(tokenizer, cfg.prompt_format)
+    if fmt == "raw":
+        raise CodeliftError("plan training needs an instruction format (the task marker is an instruction); "
+                            "set prompt_format to chat or instruct.")
+
+    def encode(instruction: str, answer: str) -> dict:
+        prompt, target, add_eos = training_example(instruction, answer, fmt, tokenizer)
+        return encode_example(tokenizer, prompt, target, cfg.max_length, add_eos=add_eos)
+
     rows = []
     for i, task in enumerate(tasks):
         task_plans = plans.get(task.task_id, [])
         code_plans = {"both": [""] + task_plans, "plan": task_plans or [""], "none": [""]}[cfg.code_with_plan]
-        rows += [encode_example(tokenizer, student_code_prompt(task, plan), task.solution, cfg.max_length)
-                 | {"example": i, "task": CODE} for plan in code_plans]
-        rows += [encode_example(tokenizer, student_plan_prompt(task), plan, cfg.max_length)
-                 | {"example": i, "task": PLAN} for plan in task_plans]
+        code = code_answer(task.solution) if fmt == "chat" else task.solution
+        rows += [encode(student_code_instruction(task, plan), code) | {"example": i, "task": CODE} for plan in code_plans]
+        rows += [encode(student_plan_instruction(task), plan) | {"example": i, "task": PLAN} for plan in task_plans]
     return Dataset.from_list([r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])])
 
 

@@ -16,7 +16,7 @@ from codelift.config import SFTConfig
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import load_tokenizer, prepare_model
-from codelift.train.core import fit, training_sets
+from codelift.train.core import fit, training_sets, with_prompt_format
 from codelift.train.losses import cross_entropy_loss
 
 
@@ -29,6 +29,7 @@ def train_sft(model: str, data: str, out: Path, cfg: SFTConfig, *, validation: s
     set_seed(cfg.seed)
     model_path = prepare_model(model)
     tokenizer = load_tokenizer(model_path)
+    cfg = with_prompt_format(cfg, tokenizer)
     train_set, val_set = training_sets(data, validation, tokenizer, cfg)
     lm = load_for_training(model_path, cfg)
     trainer, manifest = fit(stage, lm, tokenizer, train_set, val_set, out, cfg,

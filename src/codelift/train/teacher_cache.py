@@ -28,6 +28,7 @@ from codelift.errors import CodeliftError
 from codelift.io import atomic_path, check_same_settings, write_json
 from codelift.models.load import load_model, load_tokenizer, prepare_model
 from codelift.train.core import ExampleCollator, use_bf16
+from codelift.prompts import default_format
 from codelift.train.data import sft_examples
 from codelift.train.losses import output_logits, response_states, tempered_log_probs
 
@@ -66,7 +67,7 @@ def weights_hash(model_path: str) -> str:
 @torch.inference_mode()
 def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, batch_size: int = 8,
                         max_length: int = 512, log_prob_dtype: str = "float16", shard_examples: int = 256,
-                        bf16: bool | None = None) -> dict:
+                        bf16: bool | None = None, prompt_format: str | None = None) -> dict:
     """Write the top-k cache of `teacher` on the response tokens of `data`; returns the manifest."""
     teacher_path = prepare_model(teacher)
     tokenizer = load_tokenizer(teacher_path)
@@ -75,11 +76,13 @@ def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, 
         raise CodeliftError(f"--top-k {top_k}: expected 1 to the vocabulary size ({vocab}).")
     if log_prob_dtype not in LOG_PROB_DTYPES:
         raise CodeliftError(f"--log-prob-dtype '{log_prob_dtype}': expected one of {', '.join(LOG_PROB_DTYPES)}.")
-    examples = sft_examples(load_tasks(data), tokenizer, max_length)
+    prompt_format = default_format(tokenizer, prompt_format)  # the student's training format: one tokenizer
+    examples = sft_examples(load_tasks(data), tokenizer, prompt_format, max_length)
     bf16 = use_bf16(bf16)
     identity = {"format": FORMAT, "teacher": teacher, "teacher_weights_sha256": weights_hash(teacher_path),
                 "tokenizer_sha256": vocabulary_hash(tokenizer), "vocab": vocab, "data": str(data),
-                "data_sha256": dataset_hash(examples), "max_length": max_length, "top_k": top_k,
+                "data_sha256": dataset_hash(examples), "max_length": max_length,
+                "prompt_format": prompt_format, "top_k": top_k,
                 "temperature": 1.0, "teacher_dtype": "bfloat16" if bf16 else "float32",
                 "dtypes": {"ids": "uint16" if vocab <= 2**16 else "int32", "log_probs": log_prob_dtype,
                            "tail": "float32"}, "shard_examples": shard_examples}
@@ -154,7 +157,8 @@ def load_teacher_cache(path: Path, tokenizer, datasets: tuple) -> TeacherCache:
                             f"{manifest['vocab']} tokens) than the student's ({len(tokenizer)} tokens).")
     if manifest["data_sha256"] != dataset_hash(*datasets):
         raise CodeliftError(f"{path}: the cache was made for other data ({manifest['data']}, max_length "
-                            f"{manifest['max_length']}); build one for this --data and max_length.")
+                            f"{manifest['max_length']}, prompt format {manifest.get('prompt_format', 'instruct')}); "
+                            f"build one for this --data, max_length and prompt format.")
     rows = {}
     for number in range(manifest["shards"]):
         arrays = load_file(str(Path(path) / f"shard-{number:05d}.safetensors"))
