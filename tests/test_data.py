@@ -21,7 +21,12 @@ def test_humaneval_tasks_carry_prompt_tests_and_doctest_examples():
     assert first.visible_tests == ["assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False",
                                    "assert has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) == True"]
     assert tasks[2].visible_tests == ["assert truncate_number(3.5) == 0.5"]
-    assert sum(map(bool, (t.visible_tests for t in tasks))) == 70  # the rest give examples in prose
+    # 70 docstrings hold doctests; 61 more give their examples in prose (`f(x) ➞ y`, `f(x) == y`)
+    assert sum(map(bool, (t.visible_tests for t in tasks))) == 131
+    by_id = {t.task_id: t for t in tasks}
+    assert by_id["HumanEval/72"].visible_tests[:2] == ["assert will_it_fly([1, 2], 5) == False",
+                                                       "assert will_it_fly([3, 2, 3], 1) == False"]
+    assert by_id["HumanEval/89"].visible_tests[0] == "assert encrypt('hi') == 'lm'"
 
 
 @pytest.mark.parametrize("split,count", [("train", 374), ("validation", 90), ("prompt", 10)])
@@ -180,3 +185,22 @@ def test_failed_write_leaves_previous_file_whole(tmp_path):
         write_jsonl(out, rows())
     assert out.read_text() == '{"a": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["tasks.jsonl"]
+
+
+def test_prose_examples_become_assertions_only_where_they_parse_safely():
+    from codelift.data.loaders import prose_asserts
+
+    doc = ('def f(x, y):\n    """Examples:\n    f(1, 2) ➞ 3\n    f([1], "a") == [1, "a"].\n    f(x, 2) ➞ 4\n'
+           '    g(1, 2) ➞ 3\n    f(1, 2) ➞ some number\n    f(2, 2) returns 4\n    f(1, 2) ➞ 3\n    """')
+    assert prose_asserts(doc, "f") == ["assert f(1, 2) == 3", 'assert f([1], "a") == [1, "a"]', "assert f(2, 2) == 4"]
+
+
+def test_the_reference_solutions_pass_their_visible_tests_but_where_the_docstring_errs():
+    """Visible tests choose among candidates, so a wrong one rejects right programs: the canonical
+    solutions pass every one but those of three docstrings that are themselves wrong."""
+    from codelift.evaluate.score import score_samples
+    from codelift.evaluate.selection import visible_only
+
+    tasks = [visible_only(t) for t in load_tasks("humaneval") if t.visible_tests]
+    rows, _ = score_samples(tasks, [{"task_id": t.task_id, "solution": t.solution} for t in tasks], k=[1])
+    assert sorted(r["task_id"] for r in rows if not r["passed"]) == ["HumanEval/116", "HumanEval/148", "HumanEval/47"]

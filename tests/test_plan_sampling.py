@@ -12,7 +12,8 @@ from codelift.errors import CodeliftError
 from codelift.evaluate.run import EvalConfig, evaluate_model
 from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import make_generator
-from codelift.plans.sampling import plan_sampled_rows, plan_summary, run_visible_tests, select_candidate
+from codelift.evaluate.selection import run_visible_tests, select_candidate
+from codelift.plans.sampling import plan_sampled_rows, plan_summary
 
 # mbpp/517 largest_pos; visible: assert largest_pos([1,2,3,4,-1]) == 4
 FITS_VISIBLE_ONLY = "def largest_pos(list1):\n    return 4\n"  # passes the visible test, fails the hidden ones

@@ -139,8 +139,45 @@ def load_humaneval() -> list[Task]:
 
     return [Task(task_id=p["task_id"], instruction=p["prompt"], solution=p["prompt"] + p["canonical_solution"],
                  tests=[f"{p['test']}\n\ncheck({p['entry_point']})\n"], entry_point=p["entry_point"],
-                 visible_tests=doctest_asserts(p["prompt"]), source="humaneval", prompt_prefix=p["prompt"])
+                 visible_tests=visible_asserts(p["prompt"], p["entry_point"]), source="humaneval",
+                 prompt_prefix=p["prompt"])
             for p in read_problems().values()]
+
+
+def visible_asserts(prompt: str, entry_point: str) -> list[str]:
+    """The examples a docstring shows, as assertions: its doctests, else the examples it gives in
+    prose (`f(x) == y`, `f(x) ➞ y`, `f(x) => y`, `f(x) returns y`). Selection among candidates runs
+    only on these, so a problem without any is chosen blind."""
+    return doctest_asserts(prompt) or prose_asserts(prompt, entry_point)
+
+
+# `CALL SEP VALUE` on one line of a docstring, where CALL calls the entry point.
+PROSE_EXAMPLE = re.compile(r"(?P<call>\b\w+\(.*\))\s*(?:==>|==|➞|=>|->|returns|should return|should be|is)\s+"
+                           r"(?P<value>.+?)\s*[.,;]?\s*$")
+
+
+def prose_asserts(prompt: str, entry_point: str) -> list[str]:
+    """Assertions from examples written in prose, kept only where they parse safely: the left side
+    is one call of `entry_point` whose arguments are literals, the right side one literal value."""
+    found = []
+    for line in prompt.splitlines():
+        match = PROSE_EXAMPLE.search(line.strip())
+        if not match:
+            continue
+        call, value = match.group("call"), match.group("value")
+        try:
+            node = ast.parse(call, mode="eval").body
+            ast.literal_eval(value)
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry_point):
+                continue
+            for argument in node.args:
+                ast.literal_eval(argument)
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            continue
+        statement = f"assert {call} == {value}"
+        if statement not in found:
+            found.append(statement)
+    return found
 
 
 def doctest_asserts(prompt: str) -> list[str]:

@@ -17,7 +17,7 @@ METRICS = ("pass@1", "syntax_valid", "avg_tests_passed", "codebleu", "kl_to_teac
 @dataclass(frozen=True)
 class Variant:
     """One row: a model with a prompt context and an evaluation mode (None: the harness's; "plan":
-    plan sampling), the stage that made it (with that stage's cost), and the row it is compared
+    plan sampling), or selection among `candidates` samples, the stage that made it (with that stage's cost), and the row it is compared
     with (None: the row above)."""
 
     name: str
@@ -25,6 +25,7 @@ class Variant:
     context: str = "none"
     index: str | None = None
     mode: str | None = None
+    candidates: int = 0  # > 1: that many samples per problem, one chosen on the visible tests
     stage: str = ""
     cost: dict = field(default_factory=dict)
     vs: str | None = None
@@ -49,7 +50,7 @@ def ablation_table(variants: list[Variant], folders: dict[str, dict[str, Path]],
 
 
 def variant_row(variant: Variant, folder: Path, resamples: int, confidence: float) -> dict:
-    """A plan-sampled row scores the candidate it chose per problem: its pass@1 is the filtered
+    """A plan-sampled or selection row scores the candidate it chose per problem: its pass@1 is the filtered
     pass@1, marked with its sample budget so it is never read as plain pass@1."""
     summary = json.loads((folder / "summary.json").read_text())
     samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]

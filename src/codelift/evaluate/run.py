@@ -21,16 +21,17 @@ from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import backend_options, extract_code, make_generator
-from codelift.io import check_same_settings, run_manifest, write_json, write_jsonl
-from codelift.prompts import CODE_STOP_SEQUENCES, render_prompt
+from codelift.io import append_rows, check_same_settings, read_appended, run_manifest, write_json, write_jsonl
+from codelift.evaluate.selection import choose, selection_summary
+from codelift.prompts import default_format, prompt_stop, render_prompt
 from codelift.rag.context import check_context, task_contexts
 from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test")}
-# --mode -> prompt format; plan: plan sampling in the plan-trained template (codelift.plans.sampling)
-MODES = {"plain": "raw", "instruct": "instruct", "chat": "chat", "plan": "instruct"}
-INSTRUCT_STOP = ("\n### ",)
+# --mode -> prompt format; auto (and plan, plan sampling in the format plan training used): the model's
+# chat template where its tokenizer has one, else the instruct template (prompts.default_format)
+MODES = {"auto": None, "plain": "raw", "instruct": "instruct", "chat": "chat", "plan": None}
 GENERATION_CHUNK = 64  # tasks generated between appends to generations.jsonl (what a kill can lose)
 
 
@@ -39,7 +40,7 @@ class EvalConfig:
     model: str
     benchmark: str
     split: str | None = None
-    mode: str = "plain"
+    mode: str = "auto"
     n_samples: int = 1
     temperature: float = 0.0
     k: list[int] = field(default_factory=lambda: [1])
@@ -62,11 +63,7 @@ class EvalConfig:
     plans: int = 1  # --mode plan: distinct plans per task (N)
     codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
     plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
-
-
-def prompt_stop(fmt: str) -> tuple[str, ...]:
-    """Where a completion in prompt format `fmt` ends (chat answers end at end-of-sequence)."""
-    return CODE_STOP_SEQUENCES if fmt == "raw" else INSTRUCT_STOP if fmt == "instruct" else ()
+    candidates: int = 0  # > 1: sample this many programs per problem, keep the one chosen on the visible tests
 
 
 def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
@@ -78,25 +75,6 @@ def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | Non
     return tasks[:limit] if limit else tasks
 
 
-def read_appended(path: Path) -> list[dict]:
-    """Rows of an append-only JSONL log; a last line cut short by a kill is ignored."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
-def append_rows(path: Path, rows: Sequence[dict]) -> None:
-    with path.open("a") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-        f.flush()
-
-
 def check_resumable(out: Path, cfg: EvalConfig) -> None:
     """An --out folder is resumed only by the run that made it: same model, prompts, sampling."""
     path = out / "eval_config.json"
@@ -104,10 +82,21 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
         settings = asdict(cfg)
         now = {k: settings[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
                                         "max_new_tokens", "seed", "context", "examples", "index", "plans",
-                                        "codes_per_plan", "plan_temperature")}
+                                        "codes_per_plan", "plan_temperature", "candidates")}
         check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
         write_json(path, asdict(cfg))
+
+
+def check_strategy(cfg: EvalConfig) -> None:
+    """One clear error for decoding settings that cannot work together."""
+    if cfg.candidates < 0 or cfg.candidates == 1:
+        raise CodeliftError(f"--candidates {cfg.candidates}: expected 0 (off) or 2 and more programs per problem.")
+    if cfg.candidates and cfg.temperature == 0:
+        raise CodeliftError(f"--candidates {cfg.candidates} with --temperature 0: greedy samples are identical; give a "
+                            f"sampling temperature such as 0.8.")
+    if cfg.candidates and (cfg.mode == "plan" or cfg.n_samples > 1):
+        raise CodeliftError("--candidates samples its own programs: use it without --mode plan and --n-samples.")
 
 
 def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict]:
@@ -117,16 +106,17 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
     missing = [t for t in tasks if t.task_id not in have]
     if not missing:
         return done
+    check_strategy(cfg)
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
-    fmt = MODES[cfg.mode]
     options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
                               endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
                               tensor_parallel_size=cfg.tensor_parallel_size, progress=False)
     with make_generator(cfg.model, cfg.backend, **options) as generator:
-        if generator.tokenizer is None and fmt != "raw":
+        if generator.tokenizer is None and MODES[cfg.mode] != "raw":
             raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
+        fmt = default_format(generator.tokenizer, MODES[cfg.mode])
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
             contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
@@ -136,23 +126,31 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
                 rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
                                          plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
                                          max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout, seed=cfg.seed + start,
-                                         contexts=[c.text for c in contexts])
-                by_task = dict(zip((t.task_id for t in chunk), contexts))
-                rows = [row | context_fields(by_task[row["task_id"]]) for row in rows]
+                                         contexts=[c.text for c in contexts], fmt=fmt)
             else:
-                prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(chunk, contexts)]
-                results = generator.generate(prompts, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
-                                             temperature=cfg.temperature, stop=prompt_stop(fmt), seed=cfg.seed + start)
-                rows = [{"task_id": task.task_id, "sample": i, "raw": text,
-                         "completion": text if fmt == "raw" else extract_code(text),
-                         "generation_seconds": round(result.seconds / cfg.n_samples, 4),
-                         "new_tokens": result.token_counts[i], "mean_logprob": result.mean_logprobs[i],
-                         **context_fields(context)}
-                        for task, result, context in zip(chunk, results, contexts)
-                        for i, text in enumerate(result.completions)]
+                rows = sampled_rows(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + start)
+            by_task = dict(zip((t.task_id for t in chunk), contexts))
+            rows = [row | {"prompt_format": fmt} | context_fields(by_task[row["task_id"]]) for row in rows]
             append_rows(log, rows)
             done += rows
     return done
+
+
+def sampled_rows(generator, tasks: list[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
+    """n samples per task of the task's own prompt; with `cfg.candidates`, that many, one chosen per
+    task on its visible tests (`selected`)."""
+    n = cfg.candidates or cfg.n_samples
+    prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
+    results = generator.generate(prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 stop=prompt_stop(fmt), seed=seed)
+    samples = [[{"raw": text, "completion": text if fmt == "raw" else extract_code(text),
+                 "generation_seconds": round(result.seconds / n, 4), "new_tokens": result.token_counts[i],
+                 "mean_logprob": result.mean_logprobs[i]} for i, text in enumerate(result.completions)]
+               for result in results]
+    if cfg.candidates:
+        return choose(tasks, samples, cfg.timeout)
+    return [{"task_id": task.task_id, "sample": i, **row} for task, group in zip(tasks, samples)
+            for i, row in enumerate(group)]
 
 
 def context_fields(context) -> dict:
@@ -174,7 +172,10 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
         from codelift.plans.sampling import plan_summary
 
         summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan, codebleu=cfg.codebleu)
-    summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, temperature=cfg.temperature,
+    elif cfg.candidates:
+        summary = selection_summary(summary, rows, tasks, f"{cfg.candidates} samples", codebleu=cfg.codebleu)
+    summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, prompt_format=rows[0]["prompt_format"],
+                   temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
     summary["wall_seconds_per_task"] = round(summary["wall_seconds"] / len(tasks), 2)
     if cfg.context != "none":

@@ -23,9 +23,8 @@ from codelift.config import PlanGenerateConfig
 from codelift.data import Task, load_tasks
 from codelift.data.clean import tokens
 from codelift.errors import CodeliftError
-from codelift.evaluate.run import append_rows, read_appended
-from codelift.io import check_same_settings, write_json, write_jsonl
-from codelift.prompts import PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt
+from codelift.io import append_rows, resume_log, write_json, write_jsonl
+from codelift.prompts import PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt, default_format, prompt_stop
 
 TASK_CHUNK = 16  # tasks between appends to the log (what a kill can lose)
 COPY_NGRAM = 4  # word n-grams shared with the reference code count as copied
@@ -136,24 +135,13 @@ def generate_plans(teacher: str, data: str, out: Path, cfg: PlanGenerateConfig, 
     return report
 
 
-def resume_log(log: Path, settings: dict) -> dict[str, dict]:
-    """task_id -> its logged outcome; the log's first line holds the settings it was made with."""
-    rows = read_appended(log)
-    if not rows:
-        append_rows(log, [{"settings": settings}])
-        return {}
-    check_same_settings(str(log), rows[0].get("settings") or {}, settings)
-    return {row["task_id"]: row for row in rows[1:]}
-
-
 def plan_chunk(generator, tasks: list[Task], cfg: PlanGenerateConfig) -> list[dict]:
     """Plans for `tasks`: written, filtered, deduplicated and verified; one log row per task."""
     tokenizer = generator.tokenizer
     if tokenizer is None:
         raise CodeliftError("the teacher's prompts are rendered with its tokenizer; with --backend openai give "
                             "--teacher as a local model folder (or embedded name) whose tokenizer the server uses.")
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    stop = () if chat else ("\n### ",)
+    stop = prompt_stop(default_format(tokenizer))
     temperature = 0.0 if cfg.plans_per_task == 1 else cfg.temperature
     answers = generator.generate([backward_plan_prompt(t, t.solution, tokenizer) for t in tasks],
                                  n=cfg.plans_per_task, max_new_tokens=cfg.max_plan_tokens, temperature=temperature,
