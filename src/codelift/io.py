@@ -101,6 +101,35 @@ def check_same_settings(what: str, before: dict, now: dict) -> None:
                             f"or remove it to start over.")
 
 
+def read_appended(path: Path) -> list[dict]:
+    """Rows of an append-only JSONL log; a last line cut short by a kill is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.flush()
+
+
+def resume_log(log: Path, settings: dict) -> dict[str, dict]:
+    """task_id -> its logged outcome; the log's first line holds the settings it was made with."""
+    rows = read_appended(log)
+    if not rows:
+        append_rows(log, [{"settings": settings}])
+        return {}
+    check_same_settings(str(log), rows[0].get("settings") or {}, settings)
+    return {row["task_id"]: row for row in rows[1:]}
+
+
 def _git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -270,7 +270,8 @@ def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage,
     else:  # the teacher runs once; the cache covers the training file, so validation is held out of it
         cache = folder / "teacher_cache"
         build_teacher_cache(teacher.outputs["model"], data.outputs["train"], cache, top_k=settings.cache_top_k,
-                            batch_size=settings.batch_size, max_length=settings.max_length, bf16=settings.bf16)
+                            batch_size=settings.batch_size, max_length=settings.max_length, bf16=settings.bf16,
+                            prompt_format=settings.prompt_format)
         train_distill(None, student.outputs["model"], data.outputs["train"], folder, cfg, teacher_cache=str(cache),
                       merge=settings.method != "full")
     return {"model": str(trained_model(folder))}
@@ -337,11 +338,13 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
             kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
                 and variant.name != "teacher" else None
             ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
+            selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature} \
+                if variant.candidates else {}
             summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
                                                  context=variant.context, index=variant.index,
-                                                 mode=variant.mode or settings.mode),
+                                                 mode=variant.mode or settings.mode, **selection),
                                      target, data_dir=ctx.data_dir)
-            score = "filtered_pass@1" if variant.mode == "plan" else "pass@1"
+            score = "filtered_pass@1" if variant.mode == "plan" or variant.candidates else "pass@1"
             ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")
     ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
                                          for b in settings.benchmarks},
@@ -366,7 +369,7 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
                       index: Stage) -> list[Variant]:
     """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
-    sft+kd), that student with retrieval; the plan-trained student with plan sampling, and with
+    sft+kd), that student choosing among samples by their visible tests (eval.candidates), with retrieval; the plan-trained student with plan sampling, and with
     retrieval too (everything combined); the teacher. Each row is compared with the one it adds
     a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
@@ -375,9 +378,11 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
             variants.append(Variant(extended(variants[-1].name, tag), stage.outputs["model"], stage=stage.name,
                                     cost=stage.cost))
     trained = variants[-1]
+    if settings.candidates > 1:
+        variants.append(Variant(f"{trained.name}+select", trained.model, candidates=settings.candidates))
     with_rag = {"context": "rag", "index": index.outputs.get("index"), "stage": index.name, "cost": index.cost}
     if index.ran:
-        variants.append(Variant(f"{trained.name}+rag", trained.model, **with_rag))
+        variants.append(Variant(f"{trained.name}+rag", trained.model, **with_rag, vs=trained.name))
     if plan.ran:
         planned = Variant(extended(trained.name, "plan"), plan.outputs["model"], mode="plan", stage=plan.name,
                           cost=plan.cost, vs=trained.name)
@@ -385,7 +390,10 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
         if index.ran:
             variants.append(Variant(f"{planned.name}+rag", planned.model, mode="plan", **with_rag))
     if teacher.ran and settings.teacher:
-        variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost))
+        variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost,
+                                vs=trained.name))
+        if settings.candidates > 1:
+            variants.append(Variant("teacher+select", teacher.outputs["model"], candidates=settings.candidates))
     return variants
 
 

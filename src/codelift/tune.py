@@ -21,8 +21,8 @@ from rich.console import Console
 
 from codelift.config import RunConfig, with_settings
 from codelift.errors import CodeliftError
-from codelift.evaluate.run import append_rows, evaluate_model, read_appended
-from codelift.io import write_json
+from codelift.evaluate.run import evaluate_model
+from codelift.io import append_rows, read_appended, write_json
 from codelift.pipeline import Context, Stages, check_run, eval_config, train_models
 
 

@@ -1,11 +1,15 @@
-"""Sequence-level distillation (Kim & Rush 2016): the student is fine-tuned on the teacher's answers.
+"""Sequence-level distillation (Kim & Rush 2016): the student is fine-tuned on the teacher's answers,
+kept only where the task's tests pass them.
 
-It needs no shared vocabulary, so it works across tokenizer families (a Gemma teacher, a SmolLM2
-student). The recipe: the teacher answers every training instruction through the generation
-engine (greedy, its chat template when it has one), appended to `teacher_answers.jsonl` as it
-goes so a killed run resumes -> optionally keep only answers whose code passes the task's tests in
-the sandbox -> write the kept tasks with the teacher's code as their solution -> SFT the student
-on them with every SFT setting.
+What lifts a small code model is not any teacher text but teacher answers verified by execution
+(SelfCodeAlign's ablation: the execution filter beats every other). The recipe: the teacher answers
+every training task K times (greedy for K = 1, else sampled at `sample_temperature`), appended to
+`teacher_answers.jsonl` as it goes so a killed run resumes -> each answer's code runs in the
+sandbox on its task's tests -> up to J distinct passing answers per task are kept (tasks without
+tests keep code that compiles, marked unverified, only when asked) -> a yield table is printed and
+written to `teacher_yield.json` -> the student trains on the kept answers, in its own prompt format:
+plain SFT, or with `token_kd` also logit KD toward the teacher on those same sequences (one
+tokenizer). It needs no shared vocabulary without `token_kd`, so it works across model families.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import track
+from rich.table import Table
 
 from codelift.config import DistillConfig
 from codelift.data import Task, load_tasks
 from codelift.data.clean import is_python_code
 from codelift.errors import CodeliftError
-from codelift.evaluate.run import append_rows, read_appended
-from codelift.io import write_jsonl
-from codelift.prompts import render_prompt
-from codelift.train.sft import train_sft
+from codelift.io import append_rows, resume_log, write_json, write_jsonl
+from codelift.prompts import default_format, prompt_stop, render_prompt
 
-ANSWER_BATCH = 32  # prompts per appended chunk of answers
+ANSWER_BATCH = 32  # tasks per appended chunk of answers
+OUTCOMES = ("kept: passed the tests", "kept: compiles, unverified", "dropped: failed the tests",
+            "dropped: no tests to check", "dropped: no Python code", "dropped: duplicate", "dropped: over keep_per_task")
 
 
 def train_sequence_kd(teacher: str | None, student: str, data: str, out: Path, cfg: DistillConfig, *,
@@ -36,62 +41,106 @@ def train_sequence_kd(teacher: str | None, student: str, data: str, out: Path, c
     tasks = load_tasks(data)
     out.mkdir(parents=True, exist_ok=True)
     answers = teacher_answers(teacher, tasks, out / "teacher_answers.jsonl", cfg)
-    kept, counts = keep_answers(tasks, answers, cfg.filter_by_tests)
+    kept, outcomes = keep_answers(tasks, answers, cfg)
+    report = yield_report(tasks, kept, outcomes)
+    write_json(out / "teacher_yield.json", report)
+    Console(stderr=True).print(yield_table(report))
     if not kept:
-        raise CodeliftError(f"{data}: none of the teacher's {len(tasks)} answers was kept ({dict(counts)}); "
-                            f"without --filter-by-tests or with a stronger teacher there is data to learn from.")
-    Console(stderr=True).print("teacher answers: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        raise CodeliftError(f"{out / 'teacher_yield.json'}: none of the teacher's {len(outcomes)} answers was kept; "
+                            f"sample more per task (--samples-per-task), use a stronger teacher, or keep unverified "
+                            f"answers (--no-filter-by-tests).")
     teacher_data = out / "teacher_data.jsonl"
     write_jsonl(teacher_data, (task.to_dict() for task in kept))
+    extra = {"teacher": teacher, "student": student, "data": data, "teacher_yield": report["answers"]}
+    if cfg.token_kd:  # Kim & Rush's sequence-level and word-level KD together, on the kept sequences
+        from codelift.train.distill import train_distill
+
+        logit = cfg.model_copy(update={"mode": "logit"})
+        return train_distill(teacher, student, str(teacher_data), out, logit, validation=validation, merge=merge) | extra
+    from codelift.train.sft import train_sft
+
     return train_sft(student, str(teacher_data), out, cfg, validation=validation, merge=merge, stage="distill",
-                     extra={"teacher": teacher, "student": student, "data": data, "teacher_answers": dict(counts)})
+                     extra=extra)
 
 
-def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig) -> dict[str, str]:
-    """task_id -> the code of the teacher's answer; answers already in `log` are not asked again."""
-    from codelift.generate import extract_code, make_generator
+def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig) -> dict[str, list[str]]:
+    """task_id -> the teacher's answers (full text); tasks already in `log` are not asked again, and
+    the log is resumed only with the settings that started it."""
+    from codelift.generate import make_generator
 
-    done = {row["task_id"]: row["code"] for row in read_appended(log)}
+    sampled = cfg.samples_per_task > 1
+    settings = {"teacher": teacher, "samples_per_task": cfg.samples_per_task, "max_new_tokens": cfg.max_new_tokens,
+                "temperature": cfg.sample_temperature if sampled else 0.0, "seed": cfg.seed}
+    done = {task_id: row["answers"] for task_id, row in resume_log(log, settings).items()}
     missing = [t for t in tasks if t.task_id not in done]
     if not missing:
         return done
-    with make_generator(teacher, backend=cfg.generation_backend) as generator:
-        tokenizer = generator.tokenizer
-        fmt = "chat" if getattr(tokenizer, "chat_template", None) else "instruct"
-        for start in track(range(0, len(missing), ANSWER_BATCH), description=f"teacher answers ({len(missing)})"):
+    with make_generator(teacher, backend=cfg.generation_backend, progress=False) as generator:
+        fmt = default_format(generator.tokenizer)
+        for start in track(range(0, len(missing), ANSWER_BATCH), description=f"teacher answers ({len(missing)} tasks)"):
             batch = missing[start:start + ANSWER_BATCH]
-            results = generator.generate([render_prompt(t, fmt, tokenizer) for t in batch],
-                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                         stop=("\n### ",) if fmt == "instruct" else ())
-            rows = [{"task_id": t.task_id, "answer": r.completions[0], "code": extract_code(r.completions[0])}
-                    for t, r in zip(batch, results)]
+            results = generator.generate([render_prompt(t, fmt, generator.tokenizer) for t in batch],
+                                         n=cfg.samples_per_task, max_new_tokens=cfg.max_new_tokens,
+                                         temperature=settings["temperature"], stop=prompt_stop(fmt),
+                                         seed=cfg.seed + start)
+            rows = [{"task_id": t.task_id, "answers": r.completions} for t, r in zip(batch, results)]
             append_rows(log, rows)
-            done |= {row["task_id"]: row["code"] for row in rows}
+            done |= {row["task_id"]: row["answers"] for row in rows}
     return done
 
 
-def keep_answers(tasks: list[Task], answers: dict[str, str], filter_by_tests: bool) -> tuple[list[Task], Counter]:
-    """The tasks with the teacher's code as solution, and a count per reason kept or dropped."""
+def keep_answers(tasks: list[Task], answers: dict[str, list[str]], cfg: DistillConfig) -> tuple[list[Task], list[dict]]:
+    """The kept answers as tasks (the teacher's code as solution; several per task when more than one
+    distinct answer passes), and one outcome row per answer: task_id, sample, outcome."""
     from codelift.evaluate.score import score_samples
+    from codelift.generate import extract_code
 
-    counts: Counter = Counter()
-    candidates = []
+    outcomes, pending = [], []
     for task in tasks:
-        code = answers[task.task_id].strip()
-        if not is_python_code(code):
-            counts["dropped: no Python code"] += 1
-        else:
-            candidates.append(dataclasses.replace(task, solution=code + "\n"))
-    if not filter_by_tests:
-        counts["kept"] += len(candidates)
-        return candidates, counts
-    tested = [t for t in candidates if t.tests]
-    counts["kept: no tests to check"] += len(candidates) - len(tested)
-    verdicts = {}
-    if tested:
-        rows, _ = score_samples(tested, [{"task_id": t.task_id, "solution": t.solution} for t in tested], k=[1])
-        verdicts = {row["task_id"]: row["passed"] for row in rows}
-    counts["kept: passed the tests"] += sum(verdicts.values())
-    counts["dropped: failed the tests"] += len(verdicts) - sum(verdicts.values())
-    return [t for t in candidates if verdicts.get(t.task_id, not t.tests)], counts
+        seen = set()
+        for j, answer in enumerate(answers[task.task_id]):
+            code = extract_code(answer).strip()
+            row = {"task_id": task.task_id, "sample": j, "code": code}
+            if not is_python_code(code):
+                row["outcome"] = "dropped: no Python code"
+            elif code in seen:
+                row["outcome"] = "dropped: duplicate"
+            elif not task.tests:
+                row["outcome"] = "kept: compiles, unverified" if cfg.include_unverified else "dropped: no tests to check"
+            else:
+                pending.append((task, row))
+            seen.add(code)
+            outcomes.append(row)
+    if pending:
+        judged, _ = score_samples([t for t, _ in pending], [{"task_id": t.task_id, "solution": r["code"] + "\n"}
+                                                          for t, r in pending], k=[1])
+        for (_, row), result in zip(pending, judged):
+            passed = result["passed"] or not cfg.filter_by_tests
+            row["outcome"] = "kept: passed the tests" if passed else "dropped: failed the tests"
+    kept, per_task = [], Counter()
+    by_id = {t.task_id: t for t in tasks}
+    for row in outcomes:
+        if row["outcome"].startswith("kept"):
+            if per_task[row["task_id"]] >= cfg.keep_per_task:
+                row["outcome"] = "dropped: over keep_per_task"
+                continue
+            per_task[row["task_id"]] += 1
+            kept.append(dataclasses.replace(by_id[row["task_id"]], solution=row["code"] + "\n"))
+    return kept, outcomes
 
+
+def yield_report(tasks: list[Task], kept: list[Task], outcomes: list[dict]) -> dict:
+    counts = Counter(row["outcome"] for row in outcomes)
+    return {"tasks": len(tasks), "answers": {name: counts[name] for name in OUTCOMES},
+            "kept_answers": len(kept), "tasks_with_a_kept_answer": len({t.task_id for t in kept}),
+            "tasks_with_tests": sum(bool(t.tests) for t in tasks)}
+
+
+def yield_table(report: dict) -> Table:
+    table = Table(title=f"teacher answers: {report['kept_answers']} kept for {report['tasks_with_a_kept_answer']} "
+                        f"of {report['tasks']} tasks")
+    table.add_column("outcome")
+    table.add_column("answers", justify="right")
+    for name, count in report["answers"].items():
+        table.add_row(name, str(count))
+    return table
