@@ -11,21 +11,22 @@ from transformers import DataCollatorForSeq2Seq
 
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
-from codelift.prompts import instruct_prompt, task_instruction
-from codelift.train.data import IGNORE_INDEX, encode_example
+from codelift.prompts import default_format
+from codelift.train.data import IGNORE_INDEX, encode_task
 from codelift.train.losses import token_kl
 
 
 @torch.inference_mode()
 def kl_to_teacher(student, teacher, tokenizer, tasks: Sequence[Task], *, batch_size: int = 4,
                   max_length: int = 512, temperature: float = 1.0) -> float:
-    """Mean per-token KL(teacher || student) on the reference solutions of `tasks`, prompted with
-    the instruction template; the two models must share the tokenizer."""
+    """Mean per-token KL(teacher || student) on the reference solutions of `tasks`, prompted as the
+    student trains and is evaluated (its chat template where it has one); one tokenizer for both."""
     if min(student.config.vocab_size, teacher.config.vocab_size) < len(tokenizer):
         raise CodeliftError(f"--kl-teacher: a model has fewer output rows (student {student.config.vocab_size}, "
                             f"teacher {teacher.config.vocab_size}) than the tokenizer ({len(tokenizer)}); "
                             f"KL needs the same tokenizer.")
-    examples = [encode_example(tokenizer, instruct_prompt(task_instruction(t)), t.solution, max_length) for t in tasks]
+    fmt = default_format(tokenizer)
+    examples = [encode_task(t, tokenizer, fmt, max_length) for t in tasks]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)  # the SFT batches' padding
     total, count = torch.zeros(()), torch.zeros(())
     for start in track(range(0, len(examples), batch_size), description="KL to teacher", transient=True):
