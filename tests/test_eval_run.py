@@ -82,3 +82,19 @@ def test_eval_scores_samples_from_any_tool(tmp_path):
     assert [r["verdict"] for r in scored] == ["passed", "passed", "passed", "failed"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["pass@1"] == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+def test_candidates_are_sampled_judged_on_the_visible_tests_and_one_chosen_per_problem(tiny_model_dir, tmp_path, data_dir):
+    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", limit=3, max_new_tokens=8,
+                     candidates=3, temperature=0.8, codebleu=False, k=[1, 3])
+    summary = evaluate_model(cfg, tmp_path / "select", data_dir=data_dir)
+    samples = [json.loads(line) for line in lines(tmp_path / "select" / "samples.jsonl")]
+    assert len(samples) == 9 and [s["sample"] for s in samples] == [0, 1, 2] * 3
+    assert [sum(s["selected"] for s in samples[i:i + 3]) for i in (0, 3, 6)] == [1, 1, 1]
+    assert all(s["visible_verdict"] is not None and s["prompt_format"] == "chat" for s in samples)
+    assert summary["sample_budget"] == "3 samples" and "pass@1" not in summary
+    assert summary["tasks"] == 3 and 0 <= summary["filtered_pass@1"] <= 1 and "candidate_pass@3" in summary
+    assert summary["prompt_format"] == "chat"
+    for bad, message in (({"temperature": 0.0}, "greedy samples are identical"), ({"candidates": 1}, "expected 0")):
+        with pytest.raises(CodeliftError, match=message):
+            evaluate_model(EvalConfig(**{**cfg.__dict__, **bad}), tmp_path / f"bad-{len(message)}", data_dir=data_dir)

@@ -338,7 +338,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
              api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
-             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6,
+             prompt_format: Annotated[str | None, typer.Option(help="--mode plan: the format the student was trained in (chat, instruct; default: chat where the model has a chat template).")] = None):
     """Generate solutions, run them in the sandbox, report pass@k and the other metrics.
 
     --mode plan samples N plans x M programs per problem and picks one on the visible tests only."""
@@ -361,7 +362,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
                          context=context, examples=examples, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
                          tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
-                         plan_temperature=plan_temperature, candidates=candidates)
+                         plan_temperature=plan_temperature, candidates=candidates, prompt_format=prompt_format)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v

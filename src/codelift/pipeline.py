@@ -28,7 +28,7 @@ from codelift.data.loaders import SPLITS
 from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
-from codelift.evaluate.run import BENCHMARKS, EvalConfig, evaluate_model
+from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
@@ -342,7 +342,8 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
                 if variant.candidates else {}
             summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
                                                  context=variant.context, index=variant.index,
-                                                 mode=variant.mode or settings.mode, **selection),
+                                                 mode=variant.mode or settings.mode,
+                                                 prompt_format=MODES[settings.mode], **selection),
                                      target, data_dir=ctx.data_dir)
             score = "filtered_pass@1" if variant.mode == "plan" or variant.candidates else "pass@1"
             ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")

@@ -64,6 +64,7 @@ class EvalConfig:
     codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
     plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
     candidates: int = 0  # > 1: sample this many programs per problem, keep the one chosen on the visible tests
+    prompt_format: str | None = None  # --mode plan: the format the student was trained in (None: its default)
 
 
 def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
@@ -82,7 +83,8 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
         settings = asdict(cfg)
         now = {k: settings[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
                                         "max_new_tokens", "seed", "context", "examples", "index", "plans",
-                                        "codes_per_plan", "plan_temperature", "candidates")}
+                                        "codes_per_plan", "plan_temperature", "candidates",
+                                        "prompt_format")}
         check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
         write_json(path, asdict(cfg))
@@ -116,7 +118,7 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
         if generator.tokenizer is None and MODES[cfg.mode] != "raw":
             raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
-        fmt = default_format(generator.tokenizer, MODES[cfg.mode])
+        fmt = default_format(generator.tokenizer, cfg.prompt_format if cfg.mode == "plan" else MODES[cfg.mode])
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
             contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
