@@ -162,3 +162,10 @@ def test_extract_code_keeps_what_the_tests_can_use_and_drops_the_models_own_chec
     assert extract_code("```python\nx = int(input())\nprint(x * 2)\n```") == "x = int(input())\nprint(x * 2)\n"
     # a class and the assignment a method reads stay; a call at the top level goes
     assert extract_code("class Pair:\n    SIZE = 2\n\nDEFAULT = Pair()\nPair()\n") == "class Pair:\n    SIZE = 2\n"
+
+
+def test_an_answer_cut_off_by_the_token_limit_keeps_its_complete_function():
+    answer = "```python\ndef f(x):\n    return x + 1\n\n# Test cases\nprint(f(1))  # 2\nprint(f(\"abc"
+    assert extract_code(answer) == "def f(x):\n    return x + 1\n"
+    cut_inside = "```python\ndef f(x):\n    if x:\n        return [x,"
+    assert extract_code(cut_inside) == "def f(x):\n    if x:\n        return [x,\n"  # nothing whole to keep

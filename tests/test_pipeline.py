@@ -103,7 +103,7 @@ def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
     config.write_text("sft: {method: ia3}\n")
     cfg = load_config(RunConfig, config, sets=["eval.limit=5", "sft.target_modules=[q_proj]", "teacher.model=t"])
     assert cfg.sft.method == "ia3" and cfg.sft.max_steps == 20  # the demo's step limit survives
-    assert cfg.eval.limit == 5 and cfg.eval.mode == "instruct" and cfg.sft.target_modules == ["q_proj"]
+    assert cfg.eval.limit == 5 and cfg.eval.mode == "auto" and cfg.sft.target_modules == ["q_proj"]
     assert cfg.teacher.model == "t" and cfg.teacher.sft.enabled is False
     qlora = load_config(RunConfig, None, sets=["sft.method=qlora4"]).sft.resolved()
     assert qlora.lora_r == 8 and qlora.grad_accum == 8  # presets still fill what the user left unset

@@ -135,15 +135,18 @@ def test_two_task_loss_is_each_task_normalised_by_its_own_tokens_over_the_window
         torch.testing.assert_close(a.double(), b.grad, rtol=1e-3, atol=1e-6)
 
 
-def test_plan_examples_mark_each_task_and_condition_code_on_plans(tiny_model_dir, mbpp_tasks):
+@pytest.mark.parametrize("fmt, user, answer", [("chat", "<|im_start|>user\n", "<|im_start|>assistant\n"),
+                                                ("instruct", "### Instruction:\n", "### Response:\n")])
+def test_plan_examples_mark_each_task_and_condition_code_on_plans(tiny_model_dir, mbpp_tasks, fmt, user, answer):
+    """The task marker opens the user turn (or instruction); the plan is the answer, in the student's format."""
     tokenizer = load_tokenizer(str(tiny_model_dir))
     plans = _plans(mbpp_tasks)
-    rows = plan_examples(mbpp_tasks, plans, tokenizer, PlanConfig(max_length=512))
+    rows = plan_examples(mbpp_tasks, plans, tokenizer, PlanConfig(max_length=512, prompt_format=fmt))
     assert rows["task"].count(PLAN) == 6 and rows["task"].count(CODE) == 8 + 6  # "both": with and without
     texts = [tokenizer.decode(r["input_ids"]) for r in rows]
-    assert sum("[GEN_PLAN]" in t for t in texts) == 6 and sum("[GEN_CODE]" in t for t in texts) == 14
+    assert sum(f"{user}[GEN_PLAN]" in t for t in texts) == 6 and sum(f"{user}[GEN_CODE]" in t for t in texts) == 14
     assert sum("Plan:\n1. Read the problem" in t for t in texts) == 6  # code prompts given a plan
-    assert sum("### Response:\n1. Read the problem" in t for t in texts) == 6  # the plan task's answers
+    assert sum(f"{answer}1. Read the problem" in t for t in texts) == 6  # the plan task's answers
     only = plan_examples(mbpp_tasks, plans, tokenizer, PlanConfig(max_length=512, code_with_plan="none"))
     assert only["task"].count(CODE) == 8
 

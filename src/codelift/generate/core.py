@@ -58,9 +58,12 @@ def extract_code(answer: str) -> str:
 
 def keep_definitions(code: str) -> str:
     """`code` with only its imports, definitions and the assignments those read; unchanged when it
-    does not parse or holds no definition."""
+    holds no definition. Code cut off by the token limit in its trailing examples is read up to its
+    last line that leaves it parsing (20 of 164 HumanEval answers of the 0.5B ran into the limit)."""
     if not _definitions(code):
-        return code
+        code = _parsing_head(code)
+        if not _definitions(code):
+            return code
     tree = ast.parse(code)
     definitions = [node for node in tree.body if isinstance(node, _DEFINITIONS)]
     assigned = {name: node for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
@@ -77,6 +80,17 @@ def keep_definitions(code: str) -> str:
 
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _parsing_head(code: str) -> str:
+    """The longest run of whole first lines of `code` that parses and defines something; `code`
+    itself when there is none."""
+    lines = code.splitlines()
+    for end in range(len(lines) - 1, 0, -1):
+        head = "\n".join(lines[:end]) + "\n"
+        if _definitions(head):
+            return head
+    return code
 
 
 def _definitions(code: str) -> list[ast.stmt]:
