@@ -78,7 +78,7 @@ def report_sections(run_dir: Path, ablation: dict, manifest: dict, stages: dict[
                          "text": f"pass@1 with its {confidence}% bootstrap interval over problems "
                                  f"({ablation['bootstrap_samples']:,} resamples). 'vs': problems the variant "
                                  f"newly solves (+) and breaks (-) against the row it adds one change to, with the "
-                                 f"exact sign-test (McNemar) p-value. Plan rows sample several plans and programs "
+                                 f"exact sign-test (McNemar) p-value. Plan and +select rows sample several programs "
                                  f"per problem and keep one chosen on the visible tests only: their score is "
                                  f"filtered pass@1 at the budget shown, not plain pass@1. Stage time and memory "
                                  f"are those of the stage that made the variant.",
