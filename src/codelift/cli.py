@@ -237,7 +237,8 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
 
     overrides = dict(method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                      learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, prompt_format=prompt_format, seed=seed,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length,
+                     prompt_format=prompt_format, seed=seed,
                      report_to=report_to)
     cfg = load_config(SFTConfig, config, overrides)
     manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
@@ -289,7 +290,8 @@ def distill(ctx: typer.Context,
                      include_unverified=include_unverified, token_kd=token_kd, generation_backend=generation_backend,
                      method=method, epochs=epochs, max_steps=max_steps,
                      batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
-                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, prompt_format=prompt_format, seed=seed,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length,
+                     prompt_format=prompt_format, seed=seed,
                      report_to=report_to)
     cfg = load_config(DistillConfig, config, overrides)
     manifest = train_distill(teacher, student, data, out, cfg, validation=validation, merge=merge,

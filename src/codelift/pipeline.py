@@ -336,7 +336,7 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
             if (target / "summary.json").is_file():
                 continue
             kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
-                and variant.name != "teacher" else None
+                and not variant.candidates and variant.name != "teacher" else None  # one KL per set of weights
             ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
             selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature} \
                 if variant.candidates else {}
@@ -370,7 +370,8 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
                       index: Stage) -> list[Variant]:
     """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
-    sft+kd), that student choosing among samples by their visible tests (eval.candidates), with retrieval; the plan-trained student with plan sampling, and with
+    sft+kd), that student choosing among samples by their visible tests (eval.candidates), that
+    student with retrieval; the plan-trained student with plan sampling, and with
     retrieval too (everything combined); the teacher. Each row is compared with the one it adds
     a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]

@@ -17,8 +17,8 @@ METRICS = ("pass@1", "syntax_valid", "avg_tests_passed", "codebleu", "kl_to_teac
 @dataclass(frozen=True)
 class Variant:
     """One row: a model with a prompt context and an evaluation mode (None: the harness's; "plan":
-    plan sampling), or selection among `candidates` samples, the stage that made it (with that stage's cost), and the row it is compared
-    with (None: the row above)."""
+    plan sampling) or selection among `candidates` samples, the stage that made it (with that
+    stage's cost), and the row it is compared with (None: the row above)."""
 
     name: str
     model: str

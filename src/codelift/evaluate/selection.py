@@ -70,8 +70,9 @@ def selection_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Ta
     chosen = [r for r in rows if r["selected"]]
     scored = summarize(chosen, {t.task_id: t for t in tasks}, k=(1,), codebleu=codebleu)
     filtered = {"tasks": scored["tasks"], "filtered_pass@1": scored["pass@1"], "sample_budget": budget,
-                **{key: scored[key] for key in ("exact_match", "syntax_valid", "avg_tests_passed", "codebleu", "verdicts")
-                   if key in scored},
+                **{key: scored[key] for key in ("exact_match", "syntax_valid", "avg_tests_passed", "codebleu",
+                                                "verdicts") if key in scored},
                 "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
                 "tasks_with_visible_tests": sum(bool(t.visible_tests) for t in tasks)}
-    return filtered | {f"candidate_{key}": value for key, value in candidates.items() if key not in ("tasks", "verdicts")}
+    every = {f"candidate_{key}": value for key, value in candidates.items() if key not in ("tasks", "verdicts")}
+    return filtered | every

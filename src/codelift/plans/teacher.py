@@ -24,7 +24,8 @@ from codelift.data import Task, load_tasks
 from codelift.data.clean import tokens
 from codelift.errors import CodeliftError
 from codelift.io import append_rows, resume_log, write_json, write_jsonl
-from codelift.prompts import PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt, default_format, prompt_stop
+from codelift.prompts import (PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt, default_format,
+                              prompt_stop)
 
 TASK_CHUNK = 16  # tasks between appends to the log (what a kill can lose)
 COPY_NGRAM = 4  # word n-grams shared with the reference code count as copied
