@@ -24,7 +24,7 @@ teacher:
 student: {{keep_layers: 2}}
 sft: {{method: lora, max_steps: 2, batch_size: 2, max_length: 128}}
 distill: {{enabled: true, method: lora, max_steps: 1, batch_size: 2, max_length: 128, eval_before_training: false}}
-plan: {{enabled: true, plans_file: {plans}, method: lora, max_steps: 1, batch_size: 2, max_length: 128,
+plan: {{enabled: true, plans_file: {plans}, method: lora, max_steps: 1, batch_size: 2, max_length: 256,
         eval_before_training: false}}
 rag: {{knowledge_base: ["mbpp:prompt"]}}
 eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidates: 2}}
