@@ -52,7 +52,7 @@ def extract_code(answer: str) -> str:
     """
     head = answer.split("```", 1)[0]
     blocks = [m.group(1) for m in _FENCED.finditer(answer) if m.group(1).strip()]
-    code = head if _definitions(head) or not blocks else blocks[0]
+    code = head if _definitions(_parsed(head)) or not blocks else blocks[0]
     return keep_definitions(code.rstrip() + "\n")
 
 
@@ -60,12 +60,12 @@ def keep_definitions(code: str) -> str:
     """`code` with only its imports, definitions and the assignments those read; unchanged when it
     holds no definition. Code cut off by the token limit in its trailing examples is read up to its
     last line that leaves it parsing (20 of 164 HumanEval answers of the 0.5B ran into the limit)."""
-    if not _definitions(code):
+    definitions = _definitions(tree := _parsed(code))
+    if not definitions:
         code = _parsing_head(code)
-        if not _definitions(code):
+        definitions = _definitions(tree := _parsed(code))
+        if not definitions:
             return code
-    tree = ast.parse(code)
-    definitions = [node for node in tree.body if isinstance(node, _DEFINITIONS)]
     assigned = {name: node for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
                 for name in _assigned_names(node)}
     needed, todo = set(definitions), list(definitions)
@@ -88,17 +88,21 @@ def _parsing_head(code: str) -> str:
     lines = code.splitlines()
     for end in range(len(lines) - 1, 0, -1):
         head = "\n".join(lines[:end]) + "\n"
-        if _definitions(head):
+        if _definitions(_parsed(head)):
             return head
     return code
 
 
-def _definitions(code: str) -> list[ast.stmt]:
-    """The top-level function and class definitions of `code`; none when it does not parse."""
+def _parsed(code: str) -> ast.Module | None:
     try:
-        return [node for node in ast.parse(code).body if isinstance(node, _DEFINITIONS)]
+        return ast.parse(code)
     except (SyntaxError, ValueError):
-        return []
+        return None
+
+
+def _definitions(tree: ast.Module | None) -> list[ast.stmt]:
+    """The top-level function and class definitions of a parsed module; none when it did not parse."""
+    return [node for node in tree.body if isinstance(node, _DEFINITIONS)] if tree else []
 
 
 def _assigned_names(node: ast.Assign | ast.AnnAssign) -> list[str]:
