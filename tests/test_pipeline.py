@@ -11,7 +11,17 @@ from codelift.io import write_jsonl
 from codelift.pipeline import check_run
 
 
-def test_run_goes_from_data_to_the_ablation_and_the_report(tiny_model_dir, data_dir, tmp_path):
+def test_run_goes_from_data_to_the_ablation_and_the_report(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import codelift.pipeline
+
+    opened = []  # the models whose generator the evaluation opened, in order
+
+    def open_generator(cfg):
+        opened.append(cfg.model)
+        return real_open_generator(cfg)
+
+    real_open_generator = codelift.pipeline.open_generator
+    monkeypatch.setattr(codelift.pipeline, "open_generator", open_generator)
     plans = tmp_path / "plans.jsonl"  # as `plan generate` writes them; a tiny random teacher writes none
     write_jsonl(plans, ({"task_id": t.task_id, "plan": "1. Read the input.\n2. Return the answer."}
                         for t in load_sources(["mbpp:prompt"], data_dir)[:6]))
@@ -38,6 +48,8 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidat
     names = ["base", "sft", "sft+kd", "sft+kd+select", "sft+kd+rag", "sft+kd+plan", "sft+kd+plan+rag", "teacher",
              "teacher+select"]
     assert [r["variant"] for r in rows] == names
+    # one generator per model: base, sft, sft+kd (with its +select and +rag rows), the plan student, the teacher
+    assert len(opened) == len(set(opened)) == 5
     assert all(0 <= r["ci_low"] <= r["pass@1"] <= r["ci_high"] <= 1 for r in rows)
     # each row against the one it adds a single change to: plan sampling is weighed against sft+kd
     # selection, retrieval, plans and the teacher are each weighed against the final trained student
@@ -69,7 +81,9 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidat
     assert json.loads((out / "sft" / "run.json").read_text())["config"]["lora_r"] == 4
     assert json.loads((out / "student" / "model" / "pruning.json").read_text())["kept_layers"] == [0, 3]
     assert (out / "report.html").is_file() and "report.html" in result.output
-    assert "sft+kd+rag" in result.output and "pass@1" in result.output
+    # into a pipe the ablation is printed as whole Markdown rows, not squeezed into 80 columns
+    assert "| variant | pass@1 [CI] | vs |" in result.output and "\n| sft+kd+rag | " in result.output
+    assert "sft+kd vs sft: +" in result.output  # and what each change moved, with its p-value
     for figure in ("sft-loss", "distill-kd", "distill-kl", "teacher-loss"):
         assert (out / "report" / f"{figure}.png").is_file()
 

@@ -218,6 +218,7 @@ class EvalStage(BaseModel):
     # candidate_temperature, one chosen on the visible tests (reported as filtered pass@1).
     candidates: int = Field(0, ge=0)
     candidate_temperature: float = Field(0.8, gt=0)
+    select_teacher: bool = True  # the teacher+select row too (costs `candidates` times the teacher's own row)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
 

@@ -28,7 +28,7 @@ from codelift.data.loaders import SPLITS
 from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
-from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model
+from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, open_generator
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
@@ -328,30 +328,39 @@ def build_knowledge_index(folder: Path, settings, *, ctx: Context) -> dict:
 
 def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
                       plan: Stage, index: Stage, *, ctx: Context) -> dict:
-    """Every variant on every benchmark with one harness; then the ablation table."""
+    """Every variant on every benchmark with one harness; then the ablation table. The evaluations
+    of one model (its benchmarks, its +select and +rag rows) share one generator, so a vLLM engine
+    starts once per model rather than once per row and benchmark."""
     variants = ablation_variants(settings, teacher, student, sft, kd, plan, index)
-    for benchmark in settings.benchmarks:
-        for variant in variants:
-            target = variant_folder(folder, variant.name, benchmark)
-            if (target / "summary.json").is_file():
-                continue
-            kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
-                and not variant.candidates and variant.name != "teacher" else None  # one KL per set of weights
-            ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
-            selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature} \
-                if variant.candidates else {}
-            summary = evaluate_model(eval_config(settings, variant.model, benchmark, kl_teacher=kl,
-                                                 context=variant.context, index=variant.index,
-                                                 mode=variant.mode or settings.mode,
-                                                 prompt_format=MODES[settings.mode], **selection),
-                                     target, data_dir=ctx.data_dir)
-            score = "filtered_pass@1" if variant.mode == "plan" or variant.candidates else "pass@1"
-            ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")
+    pending = [(variant, benchmark) for variant in variants for benchmark in settings.benchmarks
+               if not (variant_folder(folder, variant.name, benchmark) / "summary.json").is_file()]
+    for model in dict.fromkeys(variant.model for variant, _ in pending):
+        jobs = [(variant, benchmark, row_config(settings, variant, benchmark, teacher))
+                for variant, benchmark in pending if variant.model == model]
+        with open_generator(jobs[0][2]) as generator:
+            ctx.console.print(f"{model}: {generator.backend} ready in {generator.start_seconds:.0f} s for "
+                              f"{len(jobs)} evaluations")
+            for variant, benchmark, cfg in jobs:
+                ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
+                summary = evaluate_model(cfg, variant_folder(folder, variant.name, benchmark), data_dir=ctx.data_dir,
+                                         generator=generator)
+                score = "filtered_pass@1" if variant.mode == "plan" or variant.candidates else "pass@1"
+                ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")
     ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
                                          for b in settings.benchmarks},
                               resamples=settings.bootstrap_samples, confidence=settings.confidence)
     write_json(folder / "ablation.json", ablation)
     return {"ablation": str(folder / "ablation.json")}
+
+
+def row_config(settings: EvalStage, variant: Variant, benchmark: str, teacher: Stage) -> EvalConfig:
+    """The evaluation settings of one ablation row on one benchmark."""
+    kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
+        and not variant.candidates and variant.name != "teacher" else None  # one KL per set of weights
+    selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature} \
+        if variant.candidates else {}
+    return eval_config(settings, variant.model, benchmark, kl_teacher=kl, context=variant.context, index=variant.index,
+                       mode=variant.mode or settings.mode, prompt_format=MODES[settings.mode], **selection)
 
 
 def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> EvalConfig:
@@ -394,7 +403,7 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
     if teacher.ran and settings.teacher:
         variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost,
                                 vs=trained.name))
-        if settings.candidates > 1:
+        if settings.candidates > 1 and settings.select_teacher:
             variants.append(Variant("teacher+select", teacher.outputs["model"], candidates=settings.candidates))
     return variants
 

@@ -153,7 +153,11 @@ def provenance(manifest: dict) -> str:
 # --- Writers ------------------------------------------------------------------------------------------
 
 def markdown(sections: list[dict], run_dir: Path) -> str:
-    out = [f"# codelift run report: {run_dir.name}", ""]
+    return "\n".join([f"# codelift run report: {run_dir.name}", "", markdown_sections(sections)])
+
+
+def markdown_sections(sections: list[dict]) -> str:
+    out = []
     for section in sections:
         out += [f"## {section['title']}", "", section["text"], ""]
         if section.get("table"):
@@ -192,7 +196,14 @@ def html_page(sections: list[dict], figures: dict[str, bytes], run_dir: Path) ->
 
 
 def print_ablation(ablation: dict, console: Console) -> None:
-    """The ablation tables on the terminal."""
+    """The ablation tables and what they show: rich tables on a terminal; into a file or a pipe,
+    where rich would squeeze every cell into 80 columns, the same tables as Markdown."""
+    if not console.is_terminal:
+        sections = [{"title": f"{benchmark} ({rows[0]['problems']} problems)", "text": "",
+                     "table": [ablation_cells(row) for row in rows]} for benchmark, rows in ablation["benchmarks"].items()]
+        console.out(markdown_sections(sections), highlight=False)
+        console.out(findings(ablation), highlight=False)
+        return
     for benchmark, rows in ablation["benchmarks"].items():
         table = Table(title=f"{benchmark} ({rows[0]['problems']} problems)")
         for column in COLUMNS:
@@ -200,6 +211,7 @@ def print_ablation(ablation: dict, console: Console) -> None:
         for row in rows:
             table.add_row(*ablation_cells(row))
         console.print(table)
+    console.print(findings(ablation), highlight=False)
 
 
 # --- Plots ---------------------------------------------------------------------------------------------

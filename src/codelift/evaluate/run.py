@@ -9,6 +9,7 @@ neither finished generations nor finished executions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from rich.progress import track
 from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.score import score_samples, summarize
-from codelift.generate import backend_options, extract_code, make_generator
+from codelift.generate import Generator, backend_options, extract_code, make_generator
 from codelift.io import append_rows, check_same_settings, read_appended, run_manifest, write_json, write_jsonl
 from codelift.evaluate.selection import choose, selection_summary
 from codelift.prompts import default_format, prompt_stop, render_prompt
@@ -101,8 +102,18 @@ def check_strategy(cfg: EvalConfig) -> None:
         raise CodeliftError("--candidates samples its own programs: use it without --mode plan and --n-samples.")
 
 
-def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict]:
-    """Generate the samples that `log` does not hold yet; return all of them."""
+def open_generator(cfg: EvalConfig) -> Generator:
+    """The generator an evaluation with `cfg` uses; a caller evaluating one model several times
+    (benchmarks, ablation rows) opens it once and passes it in, so a vLLM engine starts once."""
+    options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
+                              endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
+                              tensor_parallel_size=cfg.tensor_parallel_size, progress=False)
+    return make_generator(cfg.model, cfg.backend, **options)
+
+
+def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: Generator | None = None) -> list[dict]:
+    """Generate the samples that `log` does not hold yet, with `generator` (opened here when none is
+    given); return all of them."""
     done = read_appended(log)
     have = {row["task_id"] for row in done}
     missing = [t for t in tasks if t.task_id not in have]
@@ -111,10 +122,7 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path) -> list[dict
     check_strategy(cfg)
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
-    options = backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size, endpoint=cfg.endpoint,
-                              endpoint_model=cfg.endpoint_model, api_key_env=cfg.api_key_env,
-                              tensor_parallel_size=cfg.tensor_parallel_size, progress=False)
-    with make_generator(cfg.model, cfg.backend, **options) as generator:
+    with contextlib.nullcontext(generator) if generator else open_generator(cfg) as generator:
         if generator.tokenizer is None and MODES[cfg.mode] != "raw":
             raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
@@ -162,13 +170,14 @@ def context_fields(context) -> dict:
             "dropped_self_hits": context.dropped_self_hits}
 
 
-def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None) -> dict:
-    """Generate, judge and score; returns the summary (also in summary.json)."""
+def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Generator | None = None) -> dict:
+    """Generate (with `generator` where given, else one opened for `cfg`), judge and score; returns
+    the summary (also in summary.json)."""
     out.mkdir(parents=True, exist_ok=True)
     tasks = load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit)
     check_resumable(out, cfg)
     began = time.monotonic()
-    generations = generate_samples(cfg, tasks, out / "generations.jsonl")
+    generations = generate_samples(cfg, tasks, out / "generations.jsonl", generator)
     rows, summary = judge_samples(tasks, generations, out, cfg)
     if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary

@@ -59,6 +59,9 @@ class VLLMGenerator(Generator):
 
         began = time.perf_counter()
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # on CPU, use every core for the model
+        # vLLM logs hundreds of INFO and dtype lines per engine start; codelift shows its own progress
+        # (VLLM_LOGGING_LEVEL=INFO brings them back).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         try:
             from vllm import LLM
         except ImportError as e:
