@@ -115,3 +115,20 @@ def test_findings_do_not_crown_a_best_student_when_none_solves_anything():
                                                    {**row, "variant": "teacher", "vs": "sft", "pass@1": 0.15}]}}
     text = findings(ablation)
     assert "no student variant solves any of the 20 problems" in text and "best student" not in text
+
+
+def test_benchmarks_pool_into_one_table_whose_paired_test_sees_every_problem(run_dir):
+    from codelift.report import findings
+
+    folders = {name: run_dir / "eval" / name / "mbpp-validation" for name in SOLVED}
+    variants = [Variant("base", "m0"), Variant("sft", "m1"), Variant("teacher", "m2", vs="base")]
+    ablation = ablation_table(variants, {"mbpp:validation": folders, "again": folders}, resamples=500)
+    pooled = ablation["pooled"]
+    assert [r["problems"] for r in pooled] == [12, 12, 12]
+    assert [r["pass@1"] for r in pooled] == pytest.approx([1 / 6, 4 / 6, 1.0])
+    assert len(pooled[1]["newly_solved"]) == 6 and pooled[1]["broken"] == []
+    assert pooled[1]["p_value"] == pytest.approx(2 / 2**6)  # 6 wins, 0 losses: significant where 3 of 6 were not
+    assert pooled[2]["vs"] == "base" and len(pooled[2]["newly_solved"]) == 10
+    assert pooled[1]["codebleu"] == pytest.approx(ablation["benchmarks"]["again"][1]["codebleu"])
+    assert "mbpp:validation + again pooled" not in findings({"benchmarks": ablation["benchmarks"]})
+    assert "On mbpp:validation + again pooled, the best student variant is sft" in findings(ablation)

@@ -73,7 +73,7 @@ def report_sections(run_dir: Path, ablation: dict, manifest: dict, stages: dict[
                     figures: dict) -> list[dict]:
     confidence = round(100 * ablation["confidence"])
     sections = [{"title": "What this run found", "text": findings(ablation)}]
-    for benchmark, rows in ablation["benchmarks"].items():
+    for benchmark, rows in ablation_tables(ablation):
         sections.append({"title": f"Ablation on {benchmark} ({rows[0]['problems']} problems)",
                          "text": f"pass@1 with its {confidence}% bootstrap interval over problems "
                                  f"({ablation['bootstrap_samples']:,} resamples). 'vs': problems the variant "
@@ -99,10 +99,18 @@ def report_sections(run_dir: Path, ablation: dict, manifest: dict, stages: dict[
     return sections
 
 
+def ablation_tables(ablation: dict) -> list[tuple[str, list[dict]]]:
+    """(title, rows) of each benchmark's table, then of all benchmarks pooled where there are several."""
+    tables = list(ablation["benchmarks"].items())
+    if ablation.get("pooled"):
+        tables.append((" + ".join(ablation["benchmarks"]) + " pooled", ablation["pooled"]))
+    return tables
+
+
 def findings(ablation: dict) -> str:
     """A few sentences: best variant per benchmark, and each change that the sign test supports."""
     lines = []
-    for benchmark, rows in ablation["benchmarks"].items():
+    for benchmark, rows in ablation_tables(ablation):
         students = [r for r in rows if r["variant"] != "teacher"] or rows
         best = max(students, key=lambda r: r["pass@1"])
         if best["pass@1"] == 0:
@@ -200,11 +208,11 @@ def print_ablation(ablation: dict, console: Console) -> None:
     where rich would squeeze every cell into 80 columns, the same tables as Markdown."""
     if not console.is_terminal:
         sections = [{"title": f"{benchmark} ({rows[0]['problems']} problems)", "text": "",
-                     "table": [ablation_cells(row) for row in rows]} for benchmark, rows in ablation["benchmarks"].items()]
+                     "table": [ablation_cells(row) for row in rows]} for benchmark, rows in ablation_tables(ablation)]
         console.out(markdown_sections(sections), highlight=False)
         console.out(findings(ablation), highlight=False)
         return
-    for benchmark, rows in ablation["benchmarks"].items():
+    for benchmark, rows in ablation_tables(ablation):
         table = Table(title=f"{benchmark} ({rows[0]['problems']} problems)")
         for column in COLUMNS:
             table.add_column(column, justify="left" if column == "variant" else "right")

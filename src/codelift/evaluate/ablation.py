@@ -41,12 +41,44 @@ def ablation_table(variants: list[Variant], folders: dict[str, dict[str, Path]],
             row = variant_row(variant, by_variant[variant.name], resamples, confidence)
             if row["kl_to_teacher"] is None:  # same weights, another prompt context: same KL
                 row["kl_to_teacher"] = next((r["kl_to_teacher"] for r in rows if r["model"] == variant.model), None)
-            if rows:
-                before = next(r for r in rows if r["variant"] == variant.vs) if variant.vs else rows[-1]
-                row |= {"vs": before["variant"], **paired_comparison(before["scores"], row["scores"])}
-            rows.append(row)
+            rows.append(compared(row, variant, rows))
         table["benchmarks"][benchmark] = rows
+    if len(folders) > 1:
+        table["pooled"] = pooled_rows(variants, table["benchmarks"], resamples, confidence)
     return table
+
+
+def pooled_rows(variants: list[Variant], benchmarks: dict[str, list[dict]], resamples: int,
+                confidence: float) -> list[dict]:
+    """Every variant over the problems of all benchmarks together (a lift is judged on all of
+    them, and a small one only separates from noise there): pass@1 and its interval over the
+    pooled problems, the paired test against the same row as per benchmark, and the other
+    metrics as problem-weighted means."""
+    rows = []
+    for i, variant in enumerate(variants):
+        parts = [table[i] for table in benchmarks.values()]
+        scores = {f"{benchmark}:{task_id}": score for benchmark, table in benchmarks.items()
+                  for task_id, score in table[i]["scores"].items()}
+        low, high = bootstrap_interval(list(scores.values()), resamples=resamples, confidence=confidence)
+        weighted = {metric: None if any(p[metric] is None for p in parts) else
+                    sum(p[metric] * p["problems"] for p in parts) / len(scores)
+                    for metric in METRICS if metric != "pass@1"}
+        row = {**parts[0], **weighted, "problems": len(scores), "pass@1": sum(scores.values()) / len(scores),
+               "ci_low": low, "ci_high": high, "eval_wall_seconds": sum(p["eval_wall_seconds"] or 0 for p in parts),
+               "scores": scores}
+        for key in ("vs", "newly_solved", "broken", "p_value"):
+            row.pop(key, None)
+        rows.append(compared(row, variant, rows))
+    return rows
+
+
+def compared(row: dict, variant: Variant, rows: list[dict]) -> dict:
+    """`row` with the paired comparison against the row it adds one change to: `variant.vs`, else
+    the row above (the first row has none)."""
+    if not rows:
+        return row
+    before = next(r for r in rows if r["variant"] == variant.vs) if variant.vs else rows[-1]
+    return row | {"vs": before["variant"], **paired_comparison(before["scores"], row["scores"])}
 
 
 def variant_row(variant: Variant, folder: Path, resamples: int, confidence: float) -> dict:
