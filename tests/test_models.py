@@ -55,6 +55,20 @@ def test_model_folder_errors_name_the_problem(tiny_model_dir, tmp_path):
         prepare_model(str(tmp_path / "model.gguf"))
 
 
+def test_a_training_stage_folder_stands_for_the_model_it_made(tiny_model_dir, tmp_path):
+    """sft, distill, plan train and eval all take RUN_DIR: its merged model, else its full one."""
+    run = tmp_path / "sft-run"
+    shutil.copytree(tiny_model_dir, run / "model")
+    assert prepare_model(str(run)) == str(run / "model")
+    shutil.copytree(tiny_model_dir, run / "merged")
+    assert prepare_model(str(run)) == str(run / "merged")
+    assert prepare_model(str(run / "model")) == str(run / "model")
+    adapter_only = tmp_path / "lora-run"
+    (adapter_only / "adapter").mkdir(parents=True)
+    with pytest.raises(CodeliftError, match="adapter only; re-run its stage with --merge"):
+        prepare_model(str(adapter_only))
+
+
 def test_missing_embedded_package_is_named(monkeypatch, tmp_path):
     import importlib.util
 

@@ -30,7 +30,7 @@ from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, open_generator
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
-from codelift.models import load_tokenizer, prepare_model, prune_model
+from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
 from codelift.train.sft import train_sft
 
@@ -106,13 +106,10 @@ def check_benchmark_spec(spec: str) -> None:
 
 def check_same_tokenizer(cfg: RunConfig) -> None:
     """KD and KL compare distributions token by token: the two vocabularies must be identical."""
-    student, teacher = load_tokenizer(cfg.student.model), load_tokenizer(cfg.teacher.model)
-    if student.get_vocab() != teacher.get_vocab():
-        need = "distill.mode" if cfg.distill.enabled and cfg.distill.mode != "sequence" else "eval.kl_to_teacher"
-        raise CodeliftError(f"{need}: the student {cfg.student.model} and the teacher {cfg.teacher.model} have "
-                            f"different tokenizers ({len(student)} and {len(teacher)} tokens); KD and KL need one "
-                            f"vocabulary. Pick a pair that shares it, prune the teacher (student.keep_layers), or "
-                            f"use distill.mode: sequence and eval.kl_to_teacher: false.")
+    need = "distill.mode" if cfg.distill.enabled and cfg.distill.mode != "sequence" else "eval.kl_to_teacher"
+    check_same_vocabulary(load_tokenizer(cfg.teacher.model), load_tokenizer(cfg.student.model), cfg.teacher.model,
+                          cfg.student.model, where=need, way_out="pick a pair that shares it, prune the teacher "
+                          "(student.keep_layers), or use distill.mode: sequence and eval.kl_to_teacher: false")
 
 
 # --- Stages: each reads its settings and inputs, writes into its folder, returns its outputs -------
@@ -240,7 +237,7 @@ def make_teacher(folder: Path, settings, data: Stage, *, ctx: Context) -> dict:
         return {"model": prepare_model(settings.model)}
     train_sft(settings.model, data.outputs["train"], folder, tracked(settings.sft, ctx.report_to),
               validation=data.outputs["validation"], merge=settings.sft.method != "full")
-    return {"model": str(trained_model(folder))}
+    return {"model": prepare_model(str(folder))}
 
 
 def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dict:
@@ -255,7 +252,7 @@ def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dic
 def fine_tune(folder: Path, settings, student: Stage, data: Stage, *, ctx: Context) -> dict:
     train_sft(student.outputs["model"], data.outputs["train"], folder, tracked(settings, ctx.report_to),
               validation=data.outputs["validation"], merge=settings.method != "full")
-    return {"model": str(trained_model(folder))}
+    return {"model": prepare_model(str(folder))}
 
 
 def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
@@ -274,7 +271,7 @@ def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage,
                             prompt_format=settings.prompt_format)
         train_distill(None, student.outputs["model"], data.outputs["train"], folder, cfg, teacher_cache=str(cache),
                       merge=settings.method != "full")
-    return {"model": str(trained_model(folder))}
+    return {"model": prepare_model(str(folder))}
 
 
 def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
@@ -291,7 +288,7 @@ def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: S
     write_jsonl(tasks, (row for _, row in read_jsonl(data.outputs["train"]) if row["task_id"] in planned))
     train_plan(student.outputs["model"], str(tasks), str(plans), folder, tracked(settings, ctx.report_to),
                validation=data.outputs["validation"], merge=settings.method != "full")
-    return {"model": str(trained_model(folder)), "plans": str(plans)}
+    return {"model": prepare_model(str(folder)), "plans": str(plans)}
 
 
 def teacher_plans(path: Path, settings, teacher: Stage, data: Stage, ctx: Context) -> Path:
@@ -313,11 +310,6 @@ def teacher_plans(path: Path, settings, teacher: Stage, data: Stage, ctx: Contex
 def tracked(settings: BaseModel, report_to: str) -> BaseModel:
     """A training stage's settings with the run's `report_to`, unless the stage names its own."""
     return settings if "report_to" in settings.model_fields_set else settings.model_copy(update={"report_to": report_to})
-
-
-def trained_model(folder: Path) -> Path:
-    """A training stage's plain model folder: the merged adapter, or the fully fine-tuned model."""
-    return folder / "merged" if (folder / "merged" / "config.json").is_file() else folder / "model"
 
 
 def build_knowledge_index(folder: Path, settings, *, ctx: Context) -> dict:

@@ -206,8 +206,7 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
 
 def teacher_kl(student_name: str, teacher_name: str, tasks: list[Task]) -> float:
     from codelift.evaluate.kl import kl_to_teacher
-    from codelift.models import load_model
-    from codelift.train.distill import check_same_vocabulary
+    from codelift.models import check_same_vocabulary, load_model
 
     student, tokenizer = load_model(student_name)
     teacher, teacher_tokenizer = load_model(teacher_name)

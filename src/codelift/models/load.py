@@ -135,9 +135,41 @@ def prepare_model(name: str) -> str:
             convert_gguf(path, target)
         return str(target)
     if path.exists() or name.startswith((".", "/", "~")):
-        check_model_folder(path)
-        return str(path)
+        inner = stage_model(path)
+        check_model_folder(inner or path)
+        return str(inner or path)
     return name  # a hub id: transformers fetches and caches it
+
+
+def stage_model(folder: Path) -> Path | None:
+    """The plain model a training stage's output folder holds (its merged adapter, or the fully
+    fine-tuned model), so `--model RUN_DIR` works wherever a model does; None for any other folder."""
+    if (folder / "config.json").is_file():
+        return None
+    for inner in ("merged", "model"):
+        if (folder / inner / "config.json").is_file():
+            return folder / inner
+    if (folder / "adapter").is_dir():
+        raise CodeliftError(f"{folder} holds an adapter only; re-run its stage with --merge, or pass the base model "
+                            f"and train from it.")
+    return None
+
+
+def vocabulary_hash(tokenizer) -> str:
+    """Identity of a tokenizer for distillation: its token -> id map, not its size."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, student: str, *, where: str = "",
+                          way_out: str = "use distill --mode sequence, which distils through generated text") -> None:
+    """Logit KD and KL compare distributions token by token: one vocabulary, compared token by token
+    (not by size). `where` names the setting that needs it."""
+    if vocabulary_hash(teacher_tokenizer) != vocabulary_hash(student_tokenizer):
+        raise CodeliftError(f"{where + ': ' if where else ''}teacher {teacher} ({len(teacher_tokenizer):,} tokens) and "
+                            f"student {student} "
+                            f"({len(student_tokenizer):,} tokens) do not share a tokenizer, so their logits cannot "
+                            f"be compared; {way_out}.")
 
 
 def check_model_folder(path: Path) -> None:

@@ -24,10 +24,10 @@ from codelift.config import DistillConfig
 from codelift.errors import CodeliftError
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
-from codelift.models.load import load_model, load_tokenizer, prepare_model
+from codelift.models.load import check_same_vocabulary, load_model, load_tokenizer, prepare_model
 from codelift.train.core import ExampleCollator, fit, plot_curves, training_sets, use_bf16, with_prompt_format
 from codelift.train.losses import cached_kd_loss, logit_kd_loss
-from codelift.train.teacher_cache import TeacherCacheCollator, load_teacher_cache, vocabulary_hash
+from codelift.train.teacher_cache import TeacherCacheCollator, load_teacher_cache
 
 
 def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: DistillConfig, *,
@@ -46,7 +46,7 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
                             "to hold out a seeded 5% of --data.")
     if teacher_cache and cfg.mode == "on-policy":
         raise CodeliftError("--mode on-policy scores the student's own samples, which no cache holds; give --teacher.")
-    student_path = student_model(student)
+    student_path = prepare_model(student)
     tokenizer = load_tokenizer(student_path)
     cfg = with_prompt_format(cfg, tokenizer)
     vocab = len(tokenizer)
@@ -90,26 +90,6 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
                  "heldout_kl_kind": kl_kind}
     write_json(out / "run.json", manifest)
     return manifest
-
-
-def student_model(name: str) -> str:
-    """A model name, or a stage's output folder (SFT, KD): its merged or full model inside."""
-    folder = Path(name)
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        for inner in ("merged", "model"):
-            if (folder / inner / "config.json").is_file():
-                return str(folder / inner)
-        if (folder / "adapter").is_dir():
-            raise CodeliftError(f"{folder} holds an adapter only; re-run its stage with --merge, or pass the "
-                                f"base model and train from it.")
-    return prepare_model(name)
-
-
-def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, student: str) -> None:
-    if vocabulary_hash(teacher_tokenizer) != vocabulary_hash(student_tokenizer):
-        raise CodeliftError(f"teacher {teacher} ({len(teacher_tokenizer):,} tokens) and student {student} "
-                            f"({len(student_tokenizer):,} tokens) do not share a tokenizer, so their logits cannot "
-                            f"be compared; use --mode sequence, which distils through generated text.")
 
 
 @torch.no_grad()

@@ -33,12 +33,11 @@ from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
-from codelift.models.load import load_tokenizer
+from codelift.models.load import load_tokenizer, prepare_model
 from codelift.plans.teacher import read_plans
 from codelift.prompts import code_answer, default_format, student_code_instruction, student_plan_instruction, training_example
 from codelift.train.core import ExampleCollator, StageTrainer, fit, split_examples, with_prompt_format
 from codelift.train.data import IGNORE_INDEX, encode_example
-from codelift.train.distill import student_model
 from codelift.train.losses import chunked_sums, cross_entropy_sum, output_logits, response_states
 
 CODE, PLAN = 0, 1  # the `task` column of an example
@@ -49,7 +48,7 @@ def train_plan(student: str, data: str, plans_file: str, out: Path, cfg: PlanCon
     """Fine-tune `student` on code and plan generation; returns the manifest written to run.json."""
     cfg = cfg.resolved()
     set_seed(cfg.seed)
-    model_path = student_model(student)
+    model_path = prepare_model(student)
     tokenizer = load_tokenizer(model_path)
     cfg = with_prompt_format(cfg, tokenizer)
     tasks, plans = load_tasks(data), read_plans(plans_file)

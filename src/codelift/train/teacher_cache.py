@@ -26,7 +26,7 @@ from rich.progress import Progress
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
 from codelift.io import atomic_path, check_same_settings, write_json
-from codelift.models.load import load_model, load_tokenizer, prepare_model
+from codelift.models.load import load_model, load_tokenizer, prepare_model, vocabulary_hash
 from codelift.train.core import ExampleCollator, use_bf16
 from codelift.prompts import default_format
 from codelift.train.data import sft_examples
@@ -34,12 +34,6 @@ from codelift.train.losses import output_logits, response_states, tempered_log_p
 
 FORMAT = "codelift-teacher-cache/1"
 LOG_PROB_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-def vocabulary_hash(tokenizer) -> str:
-    """Identity of a tokenizer for distillation: its token -> id map, not its size."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
 
 def dataset_hash(*datasets) -> str:
