@@ -9,7 +9,6 @@ from codelift.cli import app
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.kl import kl_to_teacher
-from codelift.train.losses import token_kl
 from codelift.evaluate.run import EvalConfig, evaluate_model
 from codelift.models import load_model
 
@@ -18,16 +17,22 @@ def lines(path):
     return path.read_text().splitlines()
 
 
-def test_token_kl_matches_torch_kl_div():
-    torch.manual_seed(0)
-    teacher, student = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
-    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.float)
-    for temperature in (1.0, 2.0):
-        total, count = token_kl(teacher, student, mask, temperature)
-        log_p, log_q = F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1)
-        reference = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
-        torch.testing.assert_close(total, (reference * mask).sum())
-        assert count == 7
+def full_logits_kl(student, teacher, tokenizer, tasks, temperature):
+    """The reference: whole [seq, vocab] logits of both models, torch's kl_div, masked to the answer."""
+    from codelift.prompts import default_format
+    from codelift.train.data import encode_task
+
+    total, count = 0.0, 0
+    for task in tasks:
+        example = encode_task(task, tokenizer, default_format(tokenizer), 512)
+        ids = torch.tensor([example["input_ids"]])
+        labels = torch.tensor(example["labels"])[1:]
+        with torch.no_grad():
+            t = F.log_softmax(teacher(input_ids=ids).logits[0, :-1, :len(tokenizer)] / temperature, -1)
+            s = F.log_softmax(student(input_ids=ids).logits[0, :-1, :len(tokenizer)] / temperature, -1)
+        per_position = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
+        total, count = total + per_position[labels != -100].sum().item(), count + int((labels != -100).sum())
+    return total / count
 
 
 def test_kl_to_teacher_is_zero_for_itself_and_positive_for_a_pruned_copy(tiny_model_dir, tmp_path):
@@ -38,7 +43,11 @@ def test_kl_to_teacher_is_zero_for_itself_and_positive_for_a_pruned_copy(tiny_mo
     assert kl_to_teacher(model, model, tokenizer, tasks, max_length=512) == pytest.approx(0.0, abs=1e-6)
     prune_model(str(tiny_model_dir), 2, tmp_path / "student")
     student, _ = load_model(str(tmp_path / "student"))
-    assert kl_to_teacher(student, model, tokenizer, tasks, max_length=512) > 1e-4
+    kl = kl_to_teacher(student, model, tokenizer, tasks, max_length=512, chunk_size=7)  # chunks cut mid-answer
+    assert kl > 1e-4
+    assert kl == pytest.approx(full_logits_kl(student, model, tokenizer, tasks, 1.0), rel=1e-4)
+    assert kl_to_teacher(student, model, tokenizer, tasks, temperature=2.0) == pytest.approx(
+        full_logits_kl(student, model, tokenizer, tasks, 2.0), rel=1e-4)
     with pytest.raises(CodeliftError, match="no reference-solution token fits"):
         kl_to_teacher(student, model, tokenizer, tasks, max_length=16)
 

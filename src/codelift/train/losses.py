@@ -53,14 +53,6 @@ def tempered_log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.
         return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
-def token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
-             temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over masked positions of KL(p_T || p_S) at `temperature`, and the position count."""
-    per_position = divergence(tempered_log_probs(teacher_logits, temperature),
-                              tempered_log_probs(student_logits, temperature))
-    return (per_position * mask).sum(), mask.sum()
-
-
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with torch.autocast(logits.device.type, enabled=False):
         return F.cross_entropy(logits.float(), targets, reduction="sum")
