@@ -167,7 +167,7 @@ def markdown(sections: list[dict], run_dir: Path) -> str:
 def markdown_sections(sections: list[dict]) -> str:
     out = []
     for section in sections:
-        out += [f"## {section['title']}", "", section["text"], ""]
+        out += [f"## {section['title']}", ""] + ([section["text"], ""] if section["text"] else [])
         if section.get("table"):
             header, *body = section["table"] if section["title"] == "Stages" else [list(COLUMNS), *section["table"]]
             out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
