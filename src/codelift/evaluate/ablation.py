@@ -63,11 +63,11 @@ def pooled_rows(variants: list[Variant], benchmarks: dict[str, list[dict]], resa
         weighted = {metric: None if any(p[metric] is None for p in parts) else
                     sum(p[metric] * p["problems"] for p in parts) / len(scores)
                     for metric in METRICS if metric != "pass@1"}
-        row = {**parts[0], **weighted, "problems": len(scores), "pass@1": sum(scores.values()) / len(scores),
+        same = {key: parts[0][key] for key in ("variant", "model", "context", "sample_budget", "parameters", "stage",
+                                               "stage_wall_seconds", "stage_peak_memory_mb")}
+        row = {**same, **weighted, "problems": len(scores), "pass@1": sum(scores.values()) / len(scores),
                "ci_low": low, "ci_high": high, "eval_wall_seconds": sum(p["eval_wall_seconds"] or 0 for p in parts),
                "scores": scores}
-        for key in ("vs", "newly_solved", "broken", "p_value"):
-            row.pop(key, None)
         rows.append(compared(row, variant, rows))
     return rows
 
