@@ -21,8 +21,9 @@ def test_humaneval_tasks_carry_prompt_tests_and_doctest_examples():
     assert first.visible_tests == ["assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False",
                                    "assert has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) == True"]
     assert tasks[2].visible_tests == ["assert truncate_number(3.5) == 0.5"]
-    # 70 docstrings hold doctests; 61 more give their examples in prose (`f(x) ➞ y`, `f(x) == y`)
-    assert sum(map(bool, (t.visible_tests for t in tasks))) == 131
+    # 70 docstrings hold doctests; 83 more give their examples in prose (`f(x) ➞ y`, `For x = 1 the output
+    # should be y`, `Input:` / `Output:`); 11 give none that parses (131 before the named and Input forms)
+    assert sum(map(bool, (t.visible_tests for t in tasks))) == 153
     by_id = {t.task_id: t for t in tasks}
     assert by_id["HumanEval/72"].visible_tests[:2] == ["assert will_it_fly([1, 2], 5) == False",
                                                        "assert will_it_fly([3, 2, 3], 1) == False"]
@@ -188,19 +189,36 @@ def test_failed_write_leaves_previous_file_whole(tmp_path):
 
 
 def test_prose_examples_become_assertions_only_where_they_parse_safely():
-    from codelift.data.loaders import prose_asserts
+    from codelift.data.examples import prose_asserts
 
     doc = ('def f(x, y):\n    """Examples:\n    f(1, 2) ➞ 3\n    f([1], "a") == [1, "a"].\n    f(x, 2) ➞ 4\n'
-           '    g(1, 2) ➞ 3\n    f(1, 2) ➞ some number\n    f(2, 2) returns 4\n    f(1, 2) ➞ 3\n    """')
-    assert prose_asserts(doc, "f") == ["assert f(1, 2) == 3", 'assert f([1], "a") == [1, "a"]', "assert f(2, 2) == 4"]
+           '    g(1, 2) ➞ 3\n    f(1, 2) ➞ some number\n    f(2, 2) returns 4\n    f(1, 2) ➞ 3\n'
+           '    f((1, 2), 0) = 5 - 1 = 4\n    f("a.b", 1) # => \'No\' (the name has a dot)\n    f(0, 0) => true.\n    """')
+    assert prose_asserts(doc, "f") == ["assert f(1, 2) == 3", 'assert f([1], "a") == [1, "a"]', "assert f(2, 2) == 4",
+                                       "assert f(\"a.b\", 1) == 'No'", "assert f(0, 0) == True"]
+
+
+def test_named_inputs_and_input_output_blocks_map_onto_the_signature():
+    from codelift.data.examples import prose_asserts
+
+    doc = ('def f(arr, k):\n    """For k = 2, arr = [1, 2] the output should be 3.\n'
+           '    For arr = [5], k = 1, the sum will be 5 the result should be "5"\n'
+           '    For arr = [1] the output should be 1\n    For x = 1, k = 2 the output should be 1\n'
+           '    Example 1:\n        Input: arr = [-3, 4], k = 1\n        Output: [4] # the largest\n'
+           '    Example 2:\n        Input: \n            arr : [1]\n        Output: 6\n    """')
+    assert prose_asserts(doc, "f") == ["assert f([1, 2], 2) == 3", 'assert f([5], 1) == "5"', "assert f([-3, 4], 1) == [4]"]
+    one = 'def g(n):\n    """\n    Input: 3\n    Output: (1, 2)\n    Input: n = 12\n\n    Output: (4, 6)\n    """'
+    assert prose_asserts(one, "g") == ["assert g(3) == (1, 2)", "assert g(12) == (4, 6)"]
 
 
 def test_the_reference_solutions_pass_their_visible_tests_but_where_the_docstring_errs():
     """Visible tests choose among candidates, so a wrong one rejects right programs: the canonical
-    solutions pass every one but those of three docstrings that are themselves wrong."""
+    solutions pass every one but those of the docstrings that are themselves wrong (47, 116, 148) or
+    write a recurrence in call form (130: `tri(4) = 3`, where `tri` returns a list)."""
     from codelift.evaluate.score import score_samples
     from codelift.evaluate.selection import visible_only
 
     tasks = [visible_only(t) for t in load_tasks("humaneval") if t.visible_tests]
     rows, _ = score_samples(tasks, [{"task_id": t.task_id, "solution": t.solution} for t in tasks], k=[1])
-    assert sorted(r["task_id"] for r in rows if not r["passed"]) == ["HumanEval/116", "HumanEval/148", "HumanEval/47"]
+    assert sorted(r["task_id"] for r in rows if not r["passed"]) == ["HumanEval/116", "HumanEval/130", "HumanEval/148",
+                                                                         "HumanEval/47"]

@@ -107,3 +107,30 @@ def test_candidates_are_sampled_judged_on_the_visible_tests_and_one_chosen_per_p
     for bad, message in (({"temperature": 0.0}, "greedy samples are identical"), ({"candidates": 1}, "expected 0")):
         with pytest.raises(CodeliftError, match=message):
             evaluate_model(EvalConfig(**{**cfg.__dict__, **bad}), tmp_path / f"bad-{len(message)}", data_dir=data_dir)
+
+
+def test_selection_is_made_when_scoring_from_the_logged_candidates(tmp_path):
+    """A visible test changed after generation changes the choice on the next scoring, and nothing is
+    generated again (no model is loaded: the log holds every candidate)."""
+    def write_task(visible):
+        task = {"task_id": "t/0", "instruction": "Add two numbers.", "solution": "def add(a, b):\n    return a + b\n",
+                "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"], "visible_tests": [visible]}
+        (tmp_path / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+
+    out = tmp_path / "select"
+    out.mkdir()
+    candidates = ["def add(a, b):\n    return 0\n", "def add(a, b):\n    return a + b\n"]
+    (out / "generations.jsonl").write_text("".join(
+        json.dumps({"task_id": "t/0", "sample": i, "raw": code, "completion": code, "generation_seconds": 0.1,
+                    "new_tokens": 9, "mean_logprob": -0.1 * (i + 1), "prompt_format": "chat"}) + "\n"
+        for i, code in enumerate(candidates)))
+    logged = (out / "generations.jsonl").read_bytes()
+    cfg = EvalConfig(model="never-loaded", benchmark=str(tmp_path / "tasks.jsonl"), candidates=2, temperature=0.7,
+                     codebleu=False)
+    write_task("assert add(0, 0) == 0")  # both pass it: the first is chosen, and the hidden tests reject it
+    assert evaluate_model(cfg, out)["filtered_pass@1"] == 0.0
+    write_task("assert add(1, 1) == 2")  # only the right program passes it
+    summary = evaluate_model(cfg, out)
+    rows = [json.loads(line) for line in lines(out / "samples.jsonl")]
+    assert summary["filtered_pass@1"] == 1.0 and [r["selected"] for r in rows] == [False, True]
+    assert [r["visible_verdict"] for r in rows] == ["failed", "passed"] and (out / "generations.jsonl").read_bytes() == logged

@@ -12,7 +12,7 @@ from codelift.errors import CodeliftError
 from codelift.evaluate.run import EvalConfig, evaluate_model
 from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import make_generator
-from codelift.evaluate.selection import run_visible_tests, select_candidate
+from codelift.evaluate.selection import choose, run_visible_tests, select_candidate
 from codelift.plans.sampling import plan_sampled_rows, plan_summary
 
 # mbpp/517 largest_pos; visible: assert largest_pos([1,2,3,4,-1]) == 4
@@ -65,12 +65,13 @@ def test_humaneval_visible_tests_are_the_docstring_examples():
 
 def test_plan_sampled_rows_give_n_by_m_candidates_and_one_choice(tiny_model_dir, largest_pos):
     with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
-        rows = plan_sampled_rows(generator, [largest_pos], plans=2, codes_per_plan=2, plan_temperature=0.6,
-                                 temperature=0.6, max_new_tokens=12)
+        rows = choose([largest_pos], plan_sampled_rows(generator, [largest_pos], plans=2, codes_per_plan=2,
+                                                       plan_temperature=0.6, temperature=0.6, max_new_tokens=12),
+                      timeout=3.0)
         with pytest.raises(CodeliftError, match="identical"):
             plan_sampled_rows(generator, [largest_pos], plans=2, codes_per_plan=2, plan_temperature=0.6,
                               temperature=0.0, max_new_tokens=12)
-    assert len(rows) == 4 and sum(r["selected"] for r in rows) == 1
+    assert len(rows) == 4 and sum(r["selected"] for r in rows) == 1 and [r["sample"] for r in rows] == [0, 1, 2, 3]
     assert [r["plan_index"] for r in rows] == [0, 0, 1, 1] and rows[0]["plan"] != rows[2]["plan"]
     assert all(r["visible_verdict"] in ("passed", "failed", "error", "timeout") for r in rows)
 
@@ -125,7 +126,7 @@ def test_zero_plans_is_the_code_task_without_a_plan(tiny_model_dir, largest_pos)
     with make_generator(str(tiny_model_dir), "hf", progress=False, dtype="float32") as generator:
         [row] = plan_sampled_rows(generator, [largest_pos], plans=0, codes_per_plan=1, plan_temperature=0.6,
                                   temperature=0.0, max_new_tokens=8)
-    assert row["plan"] == "" and row["selected"] and row["plan_index"] == 0
+    assert row["plan"] == "" and row["sample"] == 0 and row["plan_index"] == 0
 
 
 def test_retrieved_examples_go_into_both_the_plan_and_the_code_prompts(tiny_model_dir, largest_pos):

@@ -186,11 +186,12 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
         task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
         [found] = task_contexts([task], context, examples, retriever, fmt)
         if mode == "plan":  # no tests here: the candidate with the highest mean log-probability
+            from codelift.evaluate.selection import choose
             from codelift.plans.sampling import plan_sampled_rows
 
-            rows = plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
-                                     plan_temperature=plan_temperature, temperature=temperature,
-                                     max_new_tokens=max_new_tokens, fmt=fmt)
+            rows = choose([task], plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
+                                                    plan_temperature=plan_temperature, temperature=temperature,
+                                                    max_new_tokens=max_new_tokens, fmt=fmt), timeout=3.0)
             for row in rows:
                 console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
                 console.print(f"{row['plan']}\n\n{row['completion']}", markup=False, highlight=False)

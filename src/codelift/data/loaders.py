@@ -9,13 +9,13 @@ a user-given field mapping. The data directory is looked up in `--data-dir`, the
 from __future__ import annotations
 
 import ast
-import doctest
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from codelift.data.clean import parse_python
+from codelift.data.examples import visible_asserts
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
 from codelift.io import read_records
@@ -35,7 +35,6 @@ LOCAL_FILES = {"mbpp": ("mbpp/mbpp-{split}.jsonl", "mbpp/mbpp.jsonl", "mbpp-{spl
                "code_alpaca": ("code_alpaca/code_alpaca_2k.json", "code_alpaca/code_alpaca.jsonl",
                                "code_alpaca_20k.json", "code_alpaca.jsonl")}
 SOURCES = (*SPLITS, "FILE.json[l]")
-CLOSING_QUOTES = re.compile(r"\n\s*(\"\"\"|''')\s*$")  # a docstring's end, after its last example
 
 
 def load_tasks(source: str, split: str | None = None, *, data_dir: str | os.PathLike | None = None,
@@ -142,54 +141,6 @@ def load_humaneval() -> list[Task]:
                  visible_tests=visible_asserts(p["prompt"], p["entry_point"]), source="humaneval",
                  prompt_prefix=p["prompt"])
             for p in read_problems().values()]
-
-
-def visible_asserts(prompt: str, entry_point: str) -> list[str]:
-    """The examples a docstring shows, as assertions: its doctests, else the examples it gives in
-    prose (`f(x) == y`, `f(x) ➞ y`, `f(x) => y`, `f(x) returns y`). Selection among candidates runs
-    only on these, so a problem without any is chosen blind."""
-    return doctest_asserts(prompt) or prose_asserts(prompt, entry_point)
-
-
-# `CALL SEP VALUE` on one line of a docstring, where CALL calls the entry point.
-PROSE_EXAMPLE = re.compile(r"(?P<call>\b\w+\(.*\))\s*(?:==>|==|➞|=>|->|returns|should return|should be|is)\s+"
-                           r"(?P<value>.+?)\s*[.,;]?\s*$")
-
-
-def prose_asserts(prompt: str, entry_point: str) -> list[str]:
-    """Assertions from examples written in prose, kept only where they parse safely: the left side
-    is one call of `entry_point` whose arguments are literals, the right side one literal value."""
-    found = []
-    for line in prompt.splitlines():
-        match = PROSE_EXAMPLE.search(line.strip())
-        if not match:
-            continue
-        call, value = match.group("call"), match.group("value")
-        try:
-            node = ast.parse(call, mode="eval").body
-            ast.literal_eval(value)
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry_point):
-                continue
-            for argument in node.args:
-                ast.literal_eval(argument)
-        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-            continue
-        statement = f"assert {call} == {value}"
-        if statement not in found:
-            found.append(statement)
-    return found
-
-
-def doctest_asserts(prompt: str) -> list[str]:
-    """Turn the `>>> call` / `result` examples of a docstring into assert statements. The closing
-    quotes that follow the last example are not part of its result, though doctest reads them in."""
-    asserts = []
-    for example in doctest.DocTestParser().get_examples(prompt):
-        want = CLOSING_QUOTES.sub("", example.want).strip()
-        statement = f"assert {example.source.strip()} == {want}"
-        if parse_python(statement):
-            asserts.append(statement)
-    return asserts
 
 
 def load_file(path: str | os.PathLike, fields: dict[str, str]) -> list[Task]:

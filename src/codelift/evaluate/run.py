@@ -135,7 +135,7 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
 
                 rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
                                          plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
-                                         max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout, seed=cfg.seed + start,
+                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start,
                                          contexts=[c.text for c in contexts], fmt=fmt)
             else:
                 rows = sampled_rows(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + start)
@@ -147,20 +147,15 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
 
 
 def sampled_rows(generator, tasks: list[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
-    """n samples per task of the task's own prompt; with `cfg.candidates`, that many, one chosen per
-    task on its visible tests (`selected`)."""
+    """n samples per task of the task's own prompt (`cfg.candidates` of them for selection)."""
     n = cfg.candidates or cfg.n_samples
     prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
     results = generator.generate(prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  stop=prompt_stop(fmt), seed=seed)
-    samples = [[{"raw": text, "completion": text if fmt == "raw" else extract_code(text),
-                 "generation_seconds": round(result.seconds / n, 4), "new_tokens": result.token_counts[i],
-                 "mean_logprob": result.mean_logprobs[i]} for i, text in enumerate(result.completions)]
-               for result in results]
-    if cfg.candidates:
-        return choose(tasks, samples, cfg.timeout)
-    return [{"task_id": task.task_id, "sample": i, **row} for task, group in zip(tasks, samples)
-            for i, row in enumerate(group)]
+    return [{"task_id": task.task_id, "sample": i, "raw": text, "completion": text if fmt == "raw" else extract_code(text),
+             "generation_seconds": round(result.seconds / n, 4), "new_tokens": result.token_counts[i],
+             "mean_logprob": result.mean_logprobs[i]}
+            for task, result in zip(tasks, results) for i, text in enumerate(result.completions)]
 
 
 def context_fields(context) -> dict:
@@ -178,6 +173,8 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
     check_resumable(out, cfg)
     began = time.monotonic()
     generations = generate_samples(cfg, tasks, out / "generations.jsonl", generator)
+    if cfg.mode == "plan" or cfg.candidates:
+        generations = choose(tasks, generations, cfg.timeout)
     rows, summary = judge_samples(tasks, generations, out, cfg)
     if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary

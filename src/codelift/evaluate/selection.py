@@ -51,15 +51,21 @@ def run_visible_tests(tasks: Sequence[Task], candidates: list[list[dict]], timeo
                          visible_passed=sum(status == "passed" for status in row["tests"]))
 
 
-def choose(tasks: Sequence[Task], candidates: list[list[dict]], timeout: float) -> list[dict]:
-    """Rows of every candidate (`sample` numbered per task), each judged on its task's visible tests,
-    `selected` marking the chosen one of each task."""
+def choose(tasks: Sequence[Task], rows: Sequence[dict], timeout: float) -> list[dict]:
+    """The candidate rows (`task_id`, `sample` numbered per task, `completion`) of every task, each
+    judged on its task's visible tests, `selected` marking the chosen one of each task. Evaluation
+    chooses when it scores, from the candidates its log holds, so visible tests or a rule changed
+    since the programs were generated take effect without generating them again."""
+    groups: dict[str, list[dict]] = {task.task_id: [] for task in tasks}
+    for row in sorted(rows, key=lambda r: r["sample"]):
+        groups[row["task_id"]].append(dict(row))
+    candidates = [groups[task.task_id] for task in tasks]
     run_visible_tests(tasks, candidates, timeout)
-    rows = []
-    for task, group in zip(tasks, candidates):
-        chosen = select_candidate(group)
-        rows += [{"task_id": task.task_id, "sample": i, **c, "selected": i == chosen} for i, c in enumerate(group)]
-    return rows
+    chosen = []
+    for group in candidates:
+        pick = select_candidate(group)
+        chosen += [c | {"selected": i == pick} for i, c in enumerate(group)]
+    return chosen
 
 
 def selection_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], budget: str, *,

@@ -10,11 +10,12 @@ pass@1. `--plans 0` asks the same model's code task without a plan: the baseline
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from codelift.data import Task
 from codelift.errors import CodeliftError
-from codelift.evaluate.selection import choose, selection_summary
+from codelift.evaluate.selection import selection_summary
 from codelift.plans.teacher import plan_steps, render_plan
 from codelift.prompts import prompt_stop, student_code_prompt, student_plan_prompt
 
@@ -46,10 +47,10 @@ def distinct_plans(generator, tasks: Sequence[Task], contexts: Sequence[str], n:
 
 
 def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per_plan: int, plan_temperature: float,
-                      temperature: float, max_new_tokens: int, timeout: float = 3.0, seed: int = 42,
+                      temperature: float, max_new_tokens: int, seed: int = 42,
                       contexts: Sequence[str] | None = None, fmt: str = "instruct") -> list[dict]:
-    """One row per candidate program, `selected` marking the chosen one of each task; each row holds
-    its plan, its visible-test verdict and statuses, and its share of the generation time.
+    """One row per candidate program (`sample` numbered per task), holding its plan and its share of
+    the generation time; `evaluate.selection.choose` picks one per task.
     `contexts` (retrieved examples, one per task) go into both the plan and the code prompts, rendered in
     prompt format `fmt` (the student's training format)."""
     from codelift.generate import extract_code
@@ -68,13 +69,14 @@ def plan_sampled_rows(generator, tasks: Sequence[Task], *, plans: int, codes_per
     programs = generator.generate([student_code_prompt(tasks[t], plan, contexts[t], fmt, generator.tokenizer)
                                    for t, _, plan in pairs], n=codes_per_plan, max_new_tokens=max_new_tokens,
                                   temperature=temperature, stop=prompt_stop(fmt), seed=seed)
-    candidates: list[list[dict]] = [[] for _ in tasks]
+    rows, numbered = [], Counter()
     for (t, j, plan), result in zip(pairs, programs):
         for text, count, logprob in zip(result.completions, result.token_counts, result.mean_logprobs):
-            candidates[t].append({"plan_index": j, "plan": plan, "raw": text, "completion": extract_code(text),
-                                  "new_tokens": count, "mean_logprob": logprob,
-                                  "generation_seconds": round(result.seconds / codes_per_plan, 4)})
-    return choose(tasks, candidates, timeout)
+            rows.append({"task_id": tasks[t].task_id, "sample": numbered[t], "plan_index": j, "plan": plan, "raw": text,
+                         "completion": extract_code(text), "new_tokens": count, "mean_logprob": logprob,
+                         "generation_seconds": round(result.seconds / codes_per_plan, 4)})
+            numbered[t] += 1
+    return rows
 
 
 def plan_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], plans: int, codes_per_plan: int, *,
