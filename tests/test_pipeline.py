@@ -90,6 +90,13 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidat
     again = CliRunner().invoke(app, args)  # every stage finished: skipped
     assert again.exit_code == 0, again.output
     assert again.output.count("already done") == 8
+    (out / "eval" / "run.json").unlink()  # the evaluation redone from its logs: scoring only, no model loaded
+    (out / "eval" / "sft+kd+select" / "mbpp-validation" / "summary.json").unlink()
+    rescored = CliRunner().invoke(app, args)
+    assert rescored.exit_code == 0, rescored.output
+    assert len(opened) == 5 and "ready in" not in rescored.output
+    redone = json.loads((out / "eval" / "ablation.json").read_text())["benchmarks"]["mbpp:validation"]
+    assert [r["pass@1"] for r in redone] == [r["pass@1"] for r in rows]
     changed = CliRunner().invoke(app, [*args[:-1], "sft.lora_r=8"])
     assert changed.exit_code != 0 and "other settings" in str(changed.exception)
 

@@ -28,7 +28,7 @@ from codelift.data.loaders import SPLITS
 from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
-from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, open_generator
+from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, generation_pending, open_generator
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
@@ -329,9 +329,12 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
     for model in dict.fromkeys(variant.model for variant, _ in pending):
         jobs = [(variant, benchmark, row_config(settings, variant, benchmark, teacher))
                 for variant, benchmark in pending if variant.model == model]
-        with open_generator(jobs[0][2]) as generator:
-            ctx.console.print(f"{model}: {generator.backend} ready in {generator.start_seconds:.0f} s for "
-                              f"{len(jobs)} evaluations")
+        generating = any(generation_pending(cfg, variant_folder(folder, variant.name, benchmark), ctx.data_dir)
+                         for variant, benchmark, cfg in jobs)
+        with open_generator(jobs[0][2]) if generating else contextlib.nullcontext() as generator:
+            if generator:
+                ctx.console.print(f"{model}: {generator.backend} ready in {generator.start_seconds:.0f} s for "
+                                  f"{len(jobs)} evaluations")
             for variant, benchmark, cfg in jobs:
                 ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
                 summary = evaluate_model(cfg, variant_folder(folder, variant.name, benchmark), data_dir=ctx.data_dir,

@@ -111,6 +111,13 @@ def open_generator(cfg: EvalConfig) -> Generator:
     return make_generator(cfg.model, cfg.backend, **options)
 
 
+def generation_pending(cfg: EvalConfig, out: Path, data_dir=None) -> bool:
+    """Whether an evaluation in `out` still has programs to generate (else only judging and scoring
+    remain, and no model needs to be loaded)."""
+    have = {row["task_id"] for row in read_appended(out / "generations.jsonl")}
+    return any(t.task_id not in have for t in load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit))
+
+
 def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: Generator | None = None) -> list[dict]:
     """Generate the samples that `log` does not hold yet, with `generator` (opened here when none is
     given); return all of them."""
