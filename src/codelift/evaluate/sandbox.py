@@ -86,6 +86,7 @@ class Result:
     stdout: str = ""
     stderr: str = ""
     seconds: float = 0.0
+    message: str = ""  # the deciding exception's message (an assertion's own message where it has one)
 
 
 class Job(NamedTuple):
@@ -333,7 +334,7 @@ def _judge(found: dict, program: str, setup: str, tests: tuple[str, ...], ending
     sources = {"<program>": program, "<setup>": setup, **{f"<test {i}>": t for i, t in enumerate(tests)}}
     for record in (found["program"], *(found["tests"].get(i) for i in range(len(tests)))):
         if record is not None and record["status"] != "passed":
-            return Result(record["status"], _describe(record, sources, limits), statuses)
+            return Result(record["status"], _describe(record, sources, limits), statuses, message=record["msg"])
     return Result("passed", f"{len(tests)} of {len(tests)} tests passed", statuses)
 
 

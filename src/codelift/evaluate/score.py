@@ -68,7 +68,8 @@ def score_samples(tasks: Iterable[Task], samples: str | os.PathLike | Iterable[d
     def judged(i: int, result: Result) -> None:
         rows[i].update(verdict=result.verdict, passed=result.verdict == "passed", detail=result.detail,
                        tests=result.tests, tests_passed=metrics.tests_passed_fraction(result.tests),
-                       seconds=round(result.seconds, 4), stdout=result.stdout, stderr=result.stderr)
+                       seconds=round(result.seconds, 4), stdout=result.stdout, stderr=result.stderr,
+                       message=result.message)
         if on_row:
             on_row(rows[i])
 

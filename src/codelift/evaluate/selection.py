@@ -80,5 +80,11 @@ def selection_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Ta
                                                 "verdicts") if key in scored},
                 "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
                 "tasks_with_visible_tests": sum(bool(t.visible_tests) for t in tasks)}
+    repairs = [r for r in rows if r.get("repair_of") is not None]
+    if repairs:  # what repair with test feedback bought: the problems sent back, and how the chosen repairs fared
+        filtered |= {"repaired_tasks": len({r["task_id"] for r in repairs}), "repairs": len(repairs),
+                     "repairs_passing_visible": sum(r["visible_verdict"] == "passed" for r in repairs),
+                     "chosen_repairs": sum(r["selected"] for r in repairs),
+                     "chosen_repairs_passed": sum(r["selected"] and r["passed"] for r in repairs)}
     every = {f"candidate_{key}": value for key, value in candidates.items() if key not in ("tasks", "verdicts")}
     return filtered | every
