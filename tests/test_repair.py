@@ -42,7 +42,7 @@ def test_the_model_is_told_the_failing_test_and_what_happened_there():
     broken = {"completion": "def add(a, b):\n    return c\n", "visible_tests": ["error", "not run"]}
     said = outcomes([ADD, ADD], [wrong, broken], timeout=3.0)
     assert said[0] == "The call returned -1 instead."
-    assert said[1].startswith("Running it gives: ") and "NameError" in said[1]
+    assert said[1] == "Running it gives: NameError: name 'c' is not defined"
     prompt = repair_prompt(ADD, wrong, said[0], "instruct")
     assert "Add two numbers." in prompt and "return a - b" in prompt and "-1 instead" in prompt
     assert "It fails this test:\n```python\nassert add(1, 2) == 3\n```" in prompt  # the first one it fails

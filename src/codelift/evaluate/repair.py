@@ -76,7 +76,7 @@ def outcomes(tasks: Sequence[Task], candidates: Sequence[dict], timeout: float) 
         elif row["verdict"] == "passed":  # it fails only after the tests before it
             said.append("It fails when run after the tests before it.")
         else:
-            said.append(f"Running it gives: {row['detail']}")
+            said.append(f"Running it gives: {row['detail'].split(': ', 1)[-1]}")  # without "test 0, line 1"
     return said
 
 
