@@ -38,13 +38,15 @@ def test_an_equality_assertion_is_rewritten_to_report_what_the_call_returned():
 
 
 def test_the_model_is_told_the_failing_test_and_what_happened_there():
-    wrong = {"completion": "def add(a, b):\n    return a - b\n", "visible_tests": ["passed", "failed"]}
+    wrong = {"completion": "def add(a, b):\n    return b\n", "visible_tests": ["passed", "failed"]}
     broken = {"completion": "def add(a, b):\n    return c\n", "visible_tests": ["error", "not run"]}
-    said = outcomes([ADD, ADD], [wrong, broken], timeout=3.0)
-    assert said[0] == "The call returned -1 instead."
+    zero = {"completion": "def add(a, b):\n    return 0\n", "visible_tests": ["failed", "failed"]}
+    said = outcomes([ADD, ADD, ADD], [wrong, broken, zero], timeout=3.0)  # one problem, different failing tests
+    assert said[0] == "The call returned 2 instead."
     assert said[1] == "Running it gives: NameError: name 'c' is not defined"
+    assert said[2] == "The call returned 0 instead."
     prompt = repair_prompt(ADD, wrong, said[0], "instruct")
-    assert "Add two numbers." in prompt and "return a - b" in prompt and "-1 instead" in prompt
+    assert "Add two numbers." in prompt and "return b" in prompt and "2 instead" in prompt
     assert "It fails this test:\n```python\nassert add(1, 2) == 3\n```" in prompt  # the first one it fails
 
 

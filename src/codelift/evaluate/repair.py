@@ -66,7 +66,9 @@ def failing_test(task: Task, candidate: dict) -> str:
 
 def outcomes(tasks: Sequence[Task], candidates: Sequence[dict], timeout: float) -> list[str]:
     """What happened at each candidate's first failing visible test, in one sentence for the model."""
-    probes = [dataclasses.replace(task, tests=[reporting(failing_test(task, c))]) for task, c in zip(tasks, candidates)]
+    # one probe task per candidate (its own id): two candidates of one problem may fail different tests
+    probes = [dataclasses.replace(task, task_id=f"{task.task_id}#{i}", tests=[reporting(failing_test(task, c))])
+              for i, (task, c) in enumerate(zip(tasks, candidates))]
     judged, _ = score_samples(probes, [{"task_id": t.task_id, "completion": c["completion"]}
                                        for t, c in zip(probes, candidates)], k=[1], timeout=timeout)
     said = []
