@@ -1,4 +1,5 @@
-"""What this machine computes fast: one answer for training and for every generation backend."""
+"""What this machine computes fast (one answer for training and for every generation backend), and
+how much memory a process has used at most: one measure for training records and pipeline stages."""
 
 from __future__ import annotations
 
@@ -16,3 +17,22 @@ def fast_bf16() -> bool:
         return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory in MiB since the last reset (Linux VmHWM, which a pipeline
+    stage resets so each reports its own), else since the process started."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_memory_mb() -> float:
+    """GPU memory at most allocated where CUDA runs, else the peak resident memory."""
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()

@@ -29,6 +29,7 @@ from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, generation_pending, open_generator
+from codelift.hardware import peak_rss_mb
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
@@ -200,17 +201,6 @@ def measure() -> Iterator[dict]:
     cost["peak_memory_mb"] = round(peak_rss_mb(), 1)
     if torch.cuda.is_available():
         cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory since the last reset (VmHWM), else since it started."""
-    import resource
-
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prepare_data(folder: Path, settings, *, ctx: Context) -> dict:

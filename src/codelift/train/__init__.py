@@ -1,1 +1,1 @@
-"""Training stages: supervised fine-tuning (and, later, distillation)."""
+"""Training stages: supervised fine-tuning, distillation (logit, sequence, on-policy) and plan training."""

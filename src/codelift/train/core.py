@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from codelift.config import SFTConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.hardware import fast_bf16
+from codelift.hardware import fast_bf16, peak_memory_mb
 from codelift.io import atomic_path, run_manifest, write_jsonl
 from codelift.models.adapters import parameter_counts
 from codelift.prompts import default_format
@@ -237,12 +236,6 @@ def merge_into_base(model_path: str, adapter_dir: Path, cfg: SFTConfig, target: 
     with atomic_path(target, is_dir=True) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def plot_curves(history: list[dict], path: Path, series: dict[str, str], title: str, ylabel: str,
