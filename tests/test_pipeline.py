@@ -218,7 +218,7 @@ def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(
     from codelift.config import DistillStage
     from codelift.data import load_tasks
     from codelift.io import write_jsonl
-    from codelift.pipeline import Context, Stage, distill
+    from codelift.pipeline import RunContext, Stage, distill
 
     train = tmp_path / "train.jsonl"
     write_jsonl(train, (t.to_dict() for t in load_tasks("mbpp", "prompt", data_dir=data_dir)))
@@ -226,7 +226,7 @@ def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(
     settings = DistillStage(enabled=True, cache_top_k=8, method="lora", max_steps=1, batch_size=2, max_length=128,
                             eval_before_training=False)
     outputs = distill(tmp_path / "kd", settings, model, model, Stage("data", tmp_path, {"train": str(train)}, "fp"),
-                      ctx=Context(data_dir, "none", Console(quiet=True)))
+                      ctx=RunContext(data_dir, "none", Console(quiet=True)))
     assert outputs["model"] == str(tmp_path / "kd" / "merged")
     assert json.loads((tmp_path / "kd" / "teacher_cache" / "manifest.json").read_text())["top_k"] == 8
     manifest = json.loads((tmp_path / "kd" / "run.json").read_text())

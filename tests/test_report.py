@@ -18,7 +18,7 @@ from codelift.data import load_tasks
 from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import score_file
 from codelift.io import run_manifest, write_json, write_jsonl
-from codelift.pipeline import Context, Stages
+from codelift.pipeline import RunContext, Stages
 from codelift.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,7 +29,7 @@ SOLVED = {"base": 1, "sft": 4, "teacher": 6}  # of the first 6 MBPP validation p
 def run_dir(data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     tasks = load_tasks("mbpp", "validation", data_dir=data_dir)[:6]
-    stages = Stages(out, Context(data_dir, "none", Console(quiet=True)))
+    stages = Stages(out, RunContext(data_dir, "none", Console(quiet=True)))
     write_json(out / "config.json", run_manifest({"student": {"keep_layers": 2}}, stage="run"))
 
     def training(loss_keys):

@@ -39,7 +39,7 @@ from codelift.train.sft import train_sft
 def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, console: Console | None = None) -> dict:
     """Run every configured stage into `out`; returns the ablation (also in eval/ablation.json)."""
     check_run(cfg, data_dir)
-    stages = Stages(out, Context(data_dir, cfg.report_to, console or Console()))
+    stages = Stages(out, RunContext(data_dir, cfg.report_to, console or Console()))
     write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
     models = train_models(cfg, stages)
     index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
@@ -116,7 +116,9 @@ def check_same_tokenizer(cfg: RunConfig) -> None:
 # --- Stages: each reads its settings and inputs, writes into its folder, returns its outputs -------
 
 @dataclass(frozen=True)
-class Context:
+class RunContext:
+    """What every stage of one run shares (not `rag.Context`, a prompt's retrieved examples)."""
+
     data_dir: Path | None
     report_to: str
     console: Console
@@ -141,7 +143,7 @@ class Stages:
     other settings downstream share the folders of the stages they have in common)."""
 
     out: Path
-    ctx: Context
+    ctx: RunContext
     keyed: bool = False
 
     def run(self, name: str, make: Callable[..., dict], settings: BaseModel, *inputs: Stage,
@@ -203,7 +205,7 @@ def measure() -> Iterator[dict]:
         cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def prepare_data(folder: Path, settings, *, ctx: Context) -> dict:
+def prepare_data(folder: Path, settings, *, ctx: RunContext) -> dict:
     """Clean (and decontaminate) every training source into one train.jsonl; copy the validation set."""
     kept = []
     for spec in settings.train:
@@ -221,7 +223,7 @@ def prepare_data(folder: Path, settings, *, ctx: Context) -> dict:
     return {"train": str(train), "validation": str(validation), "train_tasks": len(kept)}
 
 
-def make_teacher(folder: Path, settings, data: Stage, *, ctx: Context) -> dict:
+def make_teacher(folder: Path, settings, data: Stage, *, ctx: RunContext) -> dict:
     """The teacher as given, or fine-tuned on the training data first."""
     if not settings.sft.enabled:
         return {"model": prepare_model(settings.model)}
@@ -230,7 +232,7 @@ def make_teacher(folder: Path, settings, data: Stage, *, ctx: Context) -> dict:
     return {"model": prepare_model(str(folder))}
 
 
-def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dict:
+def make_student(folder: Path, settings, teacher: Stage, *, ctx: RunContext) -> dict:
     """The student as given, or `keep_layers` evenly spaced layers of the teacher."""
     if settings.keep_layers is None:
         return {"model": prepare_model(settings.model)}
@@ -239,13 +241,13 @@ def make_student(folder: Path, settings, teacher: Stage, *, ctx: Context) -> dic
     return {"model": str(folder / "model")}
 
 
-def fine_tune(folder: Path, settings, student: Stage, data: Stage, *, ctx: Context) -> dict:
+def fine_tune(folder: Path, settings, student: Stage, data: Stage, *, ctx: RunContext) -> dict:
     train_sft(student.outputs["model"], data.outputs["train"], folder, tracked(settings, ctx.report_to),
               validation=data.outputs["validation"], merge=settings.method != "full")
     return {"model": prepare_model(str(folder))}
 
 
-def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
+def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: RunContext) -> dict:
     """Distillation from the teacher into the (fine-tuned) student, in `distill.mode`."""
     from codelift.train.distill import train_distill
     from codelift.train.teacher_cache import build_teacher_cache
@@ -264,7 +266,7 @@ def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage,
     return {"model": prepare_model(str(folder))}
 
 
-def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: Context) -> dict:
+def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: RunContext) -> dict:
     """Plans for the training tasks (given in `plan.plans_file`, or written now by the teacher);
     then the student, which has already learnt every task's code, learns code and plans together
     on the tasks that have a plan (on all of them, the few plans would be drowned out)."""
@@ -281,7 +283,7 @@ def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: S
     return {"model": prepare_model(str(folder)), "plans": str(plans)}
 
 
-def teacher_plans(path: Path, settings, teacher: Stage, data: Stage, ctx: Context) -> Path:
+def teacher_plans(path: Path, settings, teacher: Stage, data: Stage, ctx: RunContext) -> Path:
     """The teacher's verified plans (backward reasoning from the references) for the first
     `plan.generate.limit` training tasks; a run whose plans were all dropped stops here."""
     from codelift.plans.teacher import generate_plans
@@ -302,14 +304,14 @@ def tracked(settings: BaseModel, report_to: str) -> BaseModel:
     return settings if "report_to" in settings.model_fields_set else settings.model_copy(update={"report_to": report_to})
 
 
-def build_knowledge_index(folder: Path, settings, *, ctx: Context) -> dict:
+def build_knowledge_index(folder: Path, settings, *, ctx: RunContext) -> dict:
     build_index(load_sources(settings.knowledge_base, ctx.data_dir), folder / "index", embedder=settings.embedder,
                 kind=settings.index)
     return {"index": str(folder / "index")}
 
 
 def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
-                      plan: Stage, index: Stage, *, ctx: Context) -> dict:
+                      plan: Stage, index: Stage, *, ctx: RunContext) -> dict:
     """Every variant on every benchmark with one harness; then the ablation table. The evaluations
     of one model (its benchmarks, its +select and +rag rows) share one generator, so a vLLM engine
     starts once per model rather than once per row and benchmark."""

@@ -23,7 +23,7 @@ from codelift.config import RunConfig, with_settings
 from codelift.errors import CodeliftError
 from codelift.evaluate.run import evaluate_model
 from codelift.io import append_rows, read_appended, write_json
-from codelift.pipeline import Context, Stages, check_run, eval_config, train_models
+from codelift.pipeline import RunContext, Stages, check_run, eval_config, train_models
 
 
 def run_tuning(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, console: Console | None = None) -> dict:
@@ -131,7 +131,7 @@ def train_and_score(cfg: RunConfig, settings: dict, out: Path, number: int, roun
     validation split, and decide."""
     began = time.monotonic()
     round_cfg = with_settings(cfg, settings)
-    stages = Stages(out / "stages", Context(data_dir, round_cfg.report_to, console), keyed=True)
+    stages = Stages(out / "stages", RunContext(data_dir, round_cfg.report_to, console), keyed=True)
     final = train_models(round_cfg, stages)[-1]
     scoring = eval_config(round_cfg.eval, final.outputs["model"], round_cfg.data.validation,
                           limit=round_cfg.tune.limit or round_cfg.eval.limit, codebleu=round_cfg.tune.metric == "codebleu")
