@@ -24,11 +24,12 @@ from rich.console import Console
 
 from codelift.config import EvalStage, RunConfig
 from codelift.data import load_sources
-from codelift.data.loaders import SPLITS
+from codelift.data.loaders import check_source_spec
 from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
-from codelift.evaluate.run import BENCHMARKS, MODES, EvalConfig, evaluate_model, generation_pending, open_generator
+from codelift.evaluate.run import (MODES, EvalConfig, check_benchmark_spec, evaluate_model, generation_pending,
+                                   open_generator)
 from codelift.hardware import peak_rss_mb
 from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
@@ -77,32 +78,6 @@ def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
     needs_same_tokenizer = logit_kd or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
     if needs_same_tokenizer and cfg.student.keep_layers is None:
         check_same_tokenizer(cfg)
-
-
-def check_source_spec(spec: str, where: str) -> None:
-    """`SOURCE[:SPLIT[,SPLIT]]` with a source and splits the loaders know, or an existing file."""
-    if Path(spec).is_file():
-        return
-    if spec.endswith((".json", ".jsonl")):
-        raise CodeliftError(f"{where}: '{spec}': file not found.")
-    source, _, splits = spec.partition(":")
-    if source not in SPLITS:
-        raise CodeliftError(f"{where}: '{spec}': unknown source '{source}'; expected one of "
-                            f"{', '.join(SPLITS)} or a JSON/JSONL file.")
-    for split in filter(None, splits.split(",")):
-        if split not in SPLITS[source]:
-            raise CodeliftError(f"{where}: '{spec}': unknown split '{split}' for {source}; expected one of "
-                                f"{', '.join(SPLITS[source])}.")
-
-
-def check_benchmark_spec(spec: str) -> None:
-    benchmark, _, split = spec.partition(":")
-    if benchmark not in BENCHMARKS and not Path(spec).is_file():
-        raise CodeliftError(f"eval.benchmarks: '{spec}': expected {', '.join(BENCHMARKS)} (with :SPLIT for mbpp) "
-                            f"or a task JSONL file.")
-    if "," in split:
-        raise CodeliftError(f"eval.benchmarks: '{spec}': one split per benchmark entry; list it twice instead.")
-    check_source_spec(spec, "eval.benchmarks")
 
 
 def check_same_tokenizer(cfg: RunConfig) -> None:

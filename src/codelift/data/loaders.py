@@ -158,6 +158,22 @@ def load_file(path: str | os.PathLike, fields: dict[str, str]) -> list[Task]:
     return tasks
 
 
+def check_source_spec(spec: str, where: str) -> None:
+    """`SOURCE[:SPLIT[,SPLIT]]` with a source and splits the loaders know, or an existing file."""
+    if Path(spec).is_file():
+        return
+    if spec.endswith((".json", ".jsonl")):
+        raise CodeliftError(f"{where}: '{spec}': file not found.")
+    source, _, splits = spec.partition(":")
+    if source not in SPLITS:
+        raise CodeliftError(f"{where}: '{spec}': unknown source '{source}'; expected one of "
+                            f"{', '.join(SPLITS)} or a JSON/JSONL file.")
+    for split in filter(None, splits.split(",")):
+        if split not in SPLITS[source]:
+            raise CodeliftError(f"{where}: '{spec}': unknown split '{split}' for {source}; expected one of "
+                                f"{', '.join(SPLITS[source])}.")
+
+
 def load_sources(specs: Iterable[str], data_dir=None) -> list[Task]:
     """Tasks from specs such as `mbpp:train,prompt` (a source and its splits) or a file path."""
     tasks = []

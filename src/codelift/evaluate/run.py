@@ -19,12 +19,13 @@ from pathlib import Path
 from rich.progress import track
 
 from codelift.data import Task, load_tasks
+from codelift.data.loaders import check_source_spec
 from codelift.errors import CodeliftError
+from codelift.evaluate.repair import repair_samples
 from codelift.evaluate.score import score_samples, summarize
+from codelift.evaluate.selection import choose, selection_summary
 from codelift.generate import Generator, backend_options, extract_code, make_generator
 from codelift.io import append_rows, check_same_settings, read_appended, run_manifest, write_json, write_jsonl
-from codelift.evaluate.repair import repair_samples
-from codelift.evaluate.selection import choose, selection_summary
 from codelift.prompts import default_format, prompt_stop, render_prompt
 from codelift.rag.context import check_context, task_contexts
 from codelift.rag.index import load_index
@@ -77,6 +78,17 @@ def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | Non
     else:
         tasks = load_tasks(benchmark)
     return tasks[:limit] if limit else tasks
+
+
+def check_benchmark_spec(spec: str) -> None:
+    """`BENCHMARK[:SPLIT]` that `load_benchmark` knows, or a task file (one split per entry)."""
+    benchmark, _, split = spec.partition(":")
+    if benchmark not in BENCHMARKS and not Path(spec).is_file():
+        raise CodeliftError(f"eval.benchmarks: '{spec}': expected {', '.join(BENCHMARKS)} (with :SPLIT for mbpp) "
+                            f"or a task JSONL file.")
+    if "," in split:
+        raise CodeliftError(f"eval.benchmarks: '{spec}': one split per benchmark entry; list it twice instead.")
+    check_source_spec(spec, "eval.benchmarks")
 
 
 def check_resumable(out: Path, cfg: EvalConfig) -> None:
