@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from codelift.errors import CodeliftError
 
-BACKENDS = ("hf", "vllm", "openai")
 _FENCED = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|$)", re.S | re.I)
 
 
@@ -149,40 +148,3 @@ class Generator:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def backend_class(backend: str) -> type[Generator]:
-    if backend == "hf":
-        from codelift.generate.hf import HFGenerator
-
-        return HFGenerator
-    if backend == "vllm":
-        from codelift.generate.vllm import VLLMGenerator
-
-        return VLLMGenerator
-    if backend == "openai":
-        from codelift.generate.openai import OpenAIGenerator
-
-        return OpenAIGenerator
-    raise CodeliftError(f"--backend '{backend}': expected one of {', '.join(BACKENDS)}.")
-
-
-def backend_options(backend: str, **settings) -> dict:
-    """Of the settings a command line or config holds for every backend (dtype, batch_size,
-    endpoint, ...), the ones `backend` takes; unset (None) ones are left to its defaults."""
-    return {k: v for k, v in settings.items() if k in backend_class(backend).OPTIONS and v is not None}
-
-
-def make_generator(model: str, backend: str = "hf", **options) -> Generator:
-    """The generator of `backend` for `model` (an embedded name, folder, .gguf or hub id; for
-    `openai`, a local folder whose tokenizer renders prompts, or any label). Options are the
-    backend's own: dtype, batch_size (hf); tensor_parallel_size, dtype, enforce_eager,
-    max_model_len, gpu_memory_utilization (vllm); endpoint, endpoint_model, api_key_env,
-    concurrency, max_retries, timeout (openai); progress (all)."""
-    chosen = backend_class(backend)
-    options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(options) - set(chosen.OPTIONS))
-    if unknown:
-        raise CodeliftError(f"backend '{backend}' has no option {', '.join(unknown)}; "
-                            f"expected some of {', '.join(chosen.OPTIONS)}.")
-    return chosen(model, **options)
