@@ -66,3 +66,13 @@ with contextlib.ExitStack() as stack:
 """
     done = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert done.returncode == 128 + 15 and closed.read_text() == "yes"
+
+
+def test_errors_print_user_text_whole_with_its_brackets():
+    """rich would read `[gemma]` as markup and drop it; the entry point prints the message as text."""
+    import subprocess
+    import sys
+
+    script = "import sys; sys.argv = ['codelift', 'data', 'show', 'x[gemma].jsonl']; from codelift.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2 and "error: x[gemma].jsonl: file not found." in done.stderr

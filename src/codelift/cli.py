@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from codelift.errors import CodeliftError
 
@@ -546,7 +547,8 @@ def main() -> None:
     try:
         app()
     except CodeliftError as e:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        console = Console(stderr=True)  # the message is user text: `codelift[gemma]` is not markup
+        console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
