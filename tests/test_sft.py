@@ -209,3 +209,12 @@ def test_training_stages_record_and_use_the_models_own_chat_format(tiny_model_di
                          cfg.model_copy(update={"prompt_format": "instruct"}))
     assert instruct["config"]["prompt_format"] == "instruct"
     assert json.loads((tmp_path / "chat" / "run.json").read_text())["config"]["prompt_format"] == "chat"
+
+
+def test_training_prints_one_progress_line_not_the_trainers_dictionaries(tiny_model_dir, train_file, tmp_path, capfd):
+    cfg = SFTConfig(method="lora", max_steps=2, batch_size=2, max_length=128)
+    train_sft(str(tiny_model_dir), str(train_file), tmp_path, cfg)
+    printed = capfd.readouterr()
+    shown = printed.out + printed.err
+    assert "SFT (lora)" in shown and "2/2" in shown and "validation loss" in shown and "tokens/s" in shown
+    assert "{'loss'" not in shown and "'train_runtime'" not in shown  # those are in metrics.jsonl

@@ -60,3 +60,47 @@ class Throughput(TrainerCallback):
     def tokens_per_second(self, state) -> float | None:
         tokens = state.num_input_tokens_seen - self.tokens_at_start
         return tokens / self.seconds if self.seconds else None
+
+
+class TrainingProgress(TrainerCallback):
+    """One line for a training run, as people expect of a tool: a bar of optimizer steps with the
+    latest loss, validation loss, tokens/s and the time left. It replaces the Trainer's own bar,
+    which prints every log dictionary into the terminal; those stay in `metrics.jsonl`."""
+
+    def __init__(self, title: str, throughput: Throughput):
+        self.title, self.throughput = title, throughput
+        self.progress, self.task, self.status = None, None, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console()  # into a file or pipe, 80 columns would drop the bar and the counts: the line is whole
+        self.progress = Progress(TextColumn(self.title), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                 console=console if console.is_terminal else Console(width=200))
+        self.progress.start()
+        self.task = self.progress.add_task(self.title, total=state.max_steps, completed=state.global_step, status="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step, status=self.line(state))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        names = {"loss": "loss", "eval_loss": "validation loss"}
+        self.status |= {label: logs[key] for key, label in names.items() if logs and key in logs}
+        if self.progress:
+            self.progress.update(self.task, status=self.line(state))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step, status=self.line(state))
+            self.progress.stop()
+            self.progress = None
+
+    def line(self, state) -> str:
+        speed = self.throughput.tokens_per_second(state)
+        parts = [f"{label} {value:.4f}" for label, value in self.status.items()]
+        return "  ".join(parts + ([f"{speed:,.0f} tokens/s"] if speed else []))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from codelift.config import SFTConfig
@@ -26,7 +27,7 @@ from codelift.hardware import fast_bf16, peak_memory_mb
 from codelift.io import atomic_path, run_manifest, write_jsonl
 from codelift.models.adapters import parameter_counts
 from codelift.prompts import default_format
-from codelift.train.callbacks import CommitCheckpoints, Throughput, last_committed_checkpoint
+from codelift.train.callbacks import CommitCheckpoints, Throughput, TrainingProgress, last_committed_checkpoint
 from codelift.train.data import IGNORE_INDEX, sft_examples
 
 OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "paged_adamw_8bit": "paged_adamw_8bit",
@@ -174,6 +175,8 @@ def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTCon
     trainer = (trainer_class or StageTrainer)(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                                               data_collator=collator, callbacks=[CommitCheckpoints(), throughput],
                                               token_loss=token_loss)
+    trainer.remove_callback(ProgressCallback)  # its bar prints each log dictionary; ours keeps one line
+    trainer.add_callback(TrainingProgress(title or f"{stage} ({cfg.method})", throughput))
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate()
     manifest = run_manifest(cfg.model_dump(), stage=stage, trainable_parameters=trainable, total_parameters=total,
