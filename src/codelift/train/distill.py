@@ -36,9 +36,14 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
     cfg = cfg.resolved()
     set_seed(cfg.seed)
     if cfg.mode == "sequence":
-        from codelift.train.sequence_kd import train_sequence_kd
+        from codelift.train.sequence_kd import train_sequence_kd, verified_teacher_data
 
-        return train_sequence_kd(teacher, student, data, out, cfg, validation=validation, merge=merge)
+        if not cfg.token_kd:
+            return train_sequence_kd(teacher, student, data, out, cfg, validation=validation, merge=merge)
+        # Kim & Rush's sequence-level and word-level KD together: logit KD on the kept sequences
+        kept, extra = verified_teacher_data(teacher, student, data, out, cfg)
+        logit = cfg.model_copy(update={"mode": "logit"})
+        return train_distill(teacher, student, str(kept), out, logit, validation=validation, merge=merge) | extra
     if (teacher is None) == (teacher_cache is None):
         raise CodeliftError("give the teacher as --teacher MODEL or as --teacher-cache DIR (one of them).")
     if teacher_cache and validation:

@@ -36,6 +36,17 @@ OUTCOMES = ("kept: passed the tests", "kept: compiles, unverified", "dropped: fa
 
 def train_sequence_kd(teacher: str | None, student: str, data: str, out: Path, cfg: DistillConfig, *,
                       validation: str | None = None, merge: bool = False) -> dict:
+    """Fine-tune `student` on the teacher's verified answers (with `token_kd`, `distill.train_distill`
+    adds logit KD on the same sequences)."""
+    from codelift.train.sft import train_sft
+
+    kept, extra = verified_teacher_data(teacher, student, data, out, cfg)
+    return train_sft(student, str(kept), out, cfg, validation=validation, merge=merge, stage="distill", extra=extra)
+
+
+def verified_teacher_data(teacher: str | None, student: str, data: str, out: Path,
+                          cfg: DistillConfig) -> tuple[Path, dict]:
+    """The kept answers as a task file (`teacher_data.jsonl`) and what the run manifest records of them."""
     if teacher is None:
         raise CodeliftError("--mode sequence needs --teacher MODEL: the teacher writes the training answers.")
     tasks = load_tasks(data)
@@ -49,18 +60,9 @@ def train_sequence_kd(teacher: str | None, student: str, data: str, out: Path, c
         raise CodeliftError(f"{out / 'teacher_yield.json'}: none of the teacher's {len(outcomes)} answers was kept; "
                             f"sample more per task (--samples-per-task), use a stronger teacher, or keep unverified "
                             f"answers (--no-filter-by-tests).")
-    teacher_data = out / "teacher_data.jsonl"
-    write_jsonl(teacher_data, (task.to_dict() for task in kept))
-    extra = {"teacher": teacher, "student": student, "data": data, "teacher_yield": report["answers"]}
-    if cfg.token_kd:  # Kim & Rush's sequence-level and word-level KD together, on the kept sequences
-        from codelift.train.distill import train_distill
-
-        logit = cfg.model_copy(update={"mode": "logit"})
-        return train_distill(teacher, student, str(teacher_data), out, logit, validation=validation, merge=merge) | extra
-    from codelift.train.sft import train_sft
-
-    return train_sft(student, str(teacher_data), out, cfg, validation=validation, merge=merge, stage="distill",
-                     extra=extra)
+    path = out / "teacher_data.jsonl"
+    write_jsonl(path, (task.to_dict() for task in kept))
+    return path, {"teacher": teacher, "student": student, "data": data, "teacher_yield": report["answers"]}
 
 
 def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig) -> dict[str, list[str]]:
