@@ -325,3 +325,24 @@ def test_sequence_answers_are_kept_when_their_tests_pass_distinct_and_up_to_the_
     assert rows[3:5] == ["kept: passed the tests", "kept: compiles, unverified"]
     kept, rows = outcomes(filter_by_tests=False)
     assert kept[0] == "def add(a, b):\n    return a - b\n" and rows[0] == "kept: passed the tests"
+
+
+def test_token_kd_adds_logit_kd_on_the_kept_teacher_answers(tiny_model_dir, teacher_dir, tasks_file, tmp_path):
+    """Sequence- and word-level KD together (Kim & Rush): the verified answers become the training data
+    of logit KD toward the same teacher; the answers log is written here as a finished run left it."""
+    cfg = DistillConfig(mode="sequence", token_kd=True, samples_per_task=1, max_new_tokens=16, max_steps=2,
+                        batch_size=4, max_length=256, eval_every_epochs=1.0, eval_before_training=False, bf16=False)
+    out = tmp_path / "tkd"
+    out.mkdir()
+    tasks = load_tasks(str(tasks_file))
+    settings = {"teacher": str(teacher_dir), "samples_per_task": 1, "max_new_tokens": 16, "temperature": 0.0,
+                "seed": cfg.seed}
+    write_jsonl(out / "teacher_answers.jsonl", [{"settings": settings}] + [
+        {"task_id": t.task_id, "answers": [f"```python\n{t.solution}```" if i % 2 else "no code"]}
+        for i, t in enumerate(tasks)])
+    manifest = train_distill(str(teacher_dir), str(tiny_model_dir), str(tasks_file), out, cfg)
+    assert manifest["config"]["mode"] == "logit" and manifest["steps"] == 2  # KD toward the teacher's logits
+    assert manifest["teacher_yield"]["kept: passed the tests"] == 12 and manifest["data"] == str(tasks_file)
+    assert manifest["heldout_kl_before"] > 0 and (out / "kl.png").is_file()
+    kept = [json.loads(line) for line in (out / "teacher_data.jsonl").read_text().splitlines()]
+    assert [k["task_id"] for k in kept] == [t.task_id for i, t in enumerate(tasks) if i % 2]
