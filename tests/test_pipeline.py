@@ -231,3 +231,17 @@ def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(
     assert json.loads((tmp_path / "kd" / "teacher_cache" / "manifest.json").read_text())["top_k"] == 8
     manifest = json.loads((tmp_path / "kd" / "run.json").read_text())
     assert manifest["teacher_cache"] == str(tmp_path / "kd" / "teacher_cache") and manifest["steps"] == 1
+
+
+def test_a_setting_added_later_keeps_old_fingerprints_at_its_default():
+    """Run folders made before `eval.repairs` existed still resume: at 0 it is left out of the hash."""
+    import hashlib
+
+    from codelift.config import EvalStage
+    from codelift.pipeline import stage_fingerprint
+
+    before = EvalStage().model_dump(mode="json", exclude={"report_to"})
+    del before["repairs"]
+    made_before = hashlib.sha256(json.dumps(["eval", before, []]).encode()).hexdigest()[:16]
+    assert stage_fingerprint("eval", EvalStage()) == made_before
+    assert stage_fingerprint("eval", EvalStage(repairs=2)) != made_before

@@ -123,8 +123,7 @@ class Stages:
 
     def run(self, name: str, make: Callable[..., dict], settings: BaseModel, *inputs: Stage,
             enabled: bool = True) -> Stage:
-        made_from = [name, settings.model_dump(mode="json", exclude={"report_to"}), [i.fingerprint for i in inputs]]
-        fingerprint = hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]  # trackers change no artifact
+        fingerprint = stage_fingerprint(name, settings, inputs)
         if not enabled:
             passed_on = inputs[0] if inputs else None
             return Stage(name, self.out, passed_on.outputs if passed_on else {},
@@ -146,6 +145,19 @@ class Stages:
         write_json(manifest_path, manifest)
         self.ctx.console.print(f"{name}: {cost['wall_seconds']:.0f} s, peak {cost['peak_memory_mb']:.0f} MiB -> {folder}")
         return Stage(name, folder, outputs, fingerprint, cost=cost)
+
+
+# Settings added after run folders were made, left out of a stage's fingerprint while at their default
+# so that those folders still resume; any other value changes the fingerprint as every setting does.
+ADDED_SETTINGS = {("EvalStage", "repairs"): 0}
+
+
+def stage_fingerprint(name: str, settings: BaseModel, inputs: tuple[Stage, ...] = ()) -> str:
+    """What a stage's folder was made from: its settings (trackers change no artifact) and its inputs'."""
+    dump = {key: value for key, value in settings.model_dump(mode="json", exclude={"report_to"}).items()
+            if ADDED_SETTINGS.get((type(settings).__name__, key), object()) != value}
+    made_from = [name, dump, [i.fingerprint for i in inputs]]
+    return hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]
 
 
 def finished(folder: Path) -> dict | None:
