@@ -3,7 +3,7 @@ visible tests sends its R most promising candidates back to the model, each with
 test it fails and what happened there (the value the call returned, or the error), and the
 repaired programs join the candidates before one is chosen.
 
-The recipe, per problem: judge the candidates on the visible tests (`selection.choose`) -> if none
+The recipe, per problem: the candidates as judged on the visible tests (`selection.choose`) -> if none
 passes them all, take the R distinct candidates passing the most (then the most likely) -> run the
 first visible test each fails again, rewritten to report what its call returned -> ask the model
 once more, greedily, in the prompt format of its first answer: the task, the failing code, the test
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from codelift.data import Task
 from codelift.evaluate.score import score_samples
-from codelift.evaluate.selection import choose
+from codelift.evaluate.selection import grouped, marked, run_visible_tests
 from codelift.io import append_rows, read_appended
 from codelift.prompts import prompt_stop, render_instruction, task_instruction
 
@@ -87,36 +87,38 @@ def repair_prompt(task: Task, candidate: dict, outcome: str, fmt: str, tokenizer
     return render_instruction(f"{task_instruction(task)}\n\n{request}", fmt, tokenizer)
 
 
-def repair_samples(tasks: Sequence[Task], generations: list[dict], log: Path, open_generator, *, repairs: int,
-                   max_new_tokens: int, timeout: float) -> list[dict]:
-    """The logged candidates and their repairs (numbered after them, `repair_of` naming the source);
-    problems `log` holds are not considered again. `open_generator()` gives a context manager
+def with_repairs(tasks: Sequence[Task], judged: list[dict], log: Path, open_generator, *, repairs: int,
+                 max_new_tokens: int, timeout: float) -> list[dict]:
+    """The candidates as `selection.choose` judged them, plus their repairs (numbered after them,
+    `repair_of` naming the source), the repairs alone run on the visible tests, and the choice made
+    again. Problems `log` holds are not asked again. `open_generator()` gives a context manager
     yielding the generator, entered only when something is to be repaired."""
     from codelift.generate import extract_code
 
+    candidates = grouped(tasks, judged)
+    groups = dict(zip((t.task_id for t in tasks), candidates))
     logged = {row["task_id"]: row["repairs"] for row in read_appended(log)}
-    todo = [t for t in tasks if t.task_id not in logged]
-    if todo:
-        ids = {t.task_id for t in todo}
-        judged = choose(todo, [g for g in generations if g["task_id"] in ids], timeout)
-        groups = {t.task_id: [c for c in judged if c["task_id"] == t.task_id] for t in todo}
-        jobs = [(task, target) for task in todo for target in repair_targets(groups[task.task_id], repairs)]
-        found = {t.task_id: [] for t in todo}
-        if jobs:
-            said = outcomes([task for task, _ in jobs], [c for _, c in jobs], timeout)
-            with open_generator() as generator:
-                fmt = jobs[0][1]["prompt_format"]
-                results = generator.generate([repair_prompt(task, c, s, fmt, generator.tokenizer)
-                                              for (task, c), s in zip(jobs, said)],
-                                             max_new_tokens=max_new_tokens, temperature=0.0, stop=prompt_stop(fmt))
-            for (task, source), outcome, result in zip(jobs, said, results):
-                text = result.completions[0]
-                found[task.task_id].append({
-                    "task_id": task.task_id, "sample": len(groups[task.task_id]) + len(found[task.task_id]),
-                    "raw": text, "completion": text if fmt == "raw" else extract_code(text),
-                    "generation_seconds": round(result.seconds, 4), "new_tokens": result.token_counts[0],
-                    "mean_logprob": result.mean_logprobs[0], "prompt_format": fmt, "repair_of": source["sample"],
-                    "feedback": outcome})
+    jobs = [(task, target) for task in tasks if task.task_id not in logged
+            for target in repair_targets(groups[task.task_id], repairs)]
+    found = {t.task_id: [] for t in tasks if t.task_id not in logged}
+    if jobs:
+        said = outcomes([task for task, _ in jobs], [c for _, c in jobs], timeout)
+        with open_generator() as generator:
+            fmt = jobs[0][1]["prompt_format"]
+            results = generator.generate([repair_prompt(task, c, s, fmt, generator.tokenizer)
+                                          for (task, c), s in zip(jobs, said)],
+                                         max_new_tokens=max_new_tokens, temperature=0.0, stop=prompt_stop(fmt))
+        for (task, source), outcome, result in zip(jobs, said, results):
+            text = result.completions[0]
+            found[task.task_id].append({
+                "task_id": task.task_id, "sample": len(groups[task.task_id]) + len(found[task.task_id]),
+                "raw": text, "completion": text if fmt == "raw" else extract_code(text),
+                "generation_seconds": round(result.seconds, 4), "new_tokens": result.token_counts[0],
+                "mean_logprob": result.mean_logprobs[0], "prompt_format": fmt, "repair_of": source["sample"],
+                "feedback": outcome})
+    if found:
         append_rows(log, [{"task_id": task_id, "repairs": rows} for task_id, rows in found.items()])
-        logged |= found
-    return generations + [row for t in tasks for row in logged[t.task_id]]
+    logged |= found
+    repaired = grouped(tasks, [row for t in tasks for row in logged[t.task_id]])
+    run_visible_tests(tasks, repaired, timeout)
+    return marked([group + more for group, more in zip(candidates, repaired)])

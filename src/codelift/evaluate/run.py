@@ -21,7 +21,7 @@ from rich.progress import track
 from codelift.data import Task, load_tasks
 from codelift.data.loaders import check_source_spec
 from codelift.errors import CodeliftError
-from codelift.evaluate.repair import repair_samples
+from codelift.evaluate.repair import with_repairs
 from codelift.evaluate.score import score_samples, summarize
 from codelift.evaluate.selection import choose, selection_summary
 from codelift.generate import Generator, backend_options, extract_code, make_generator
@@ -199,12 +199,12 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
     began = time.monotonic()
     check_strategy(cfg)
     generations = generate_samples(cfg, tasks, out / "generations.jsonl", generator)
-    if cfg.repairs:
-        generations = repair_samples(tasks, generations, out / "repairs.jsonl",
-                                     lambda: contextlib.nullcontext(generator) if generator else open_generator(cfg),
-                                     repairs=cfg.repairs, max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout)
     if cfg.mode == "plan" or cfg.candidates:
         generations = choose(tasks, generations, cfg.timeout)
+    if cfg.repairs:
+        generations = with_repairs(tasks, generations, out / "repairs.jsonl",
+                                   lambda: contextlib.nullcontext(generator) if generator else open_generator(cfg),
+                                   repairs=cfg.repairs, max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout)
     rows, summary = judge_samples(tasks, generations, out, cfg)
     if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary

@@ -56,16 +56,26 @@ def choose(tasks: Sequence[Task], rows: Sequence[dict], timeout: float) -> list[
     judged on its task's visible tests, `selected` marking the chosen one of each task. Evaluation
     chooses when it scores, from the candidates its log holds, so visible tests or a rule changed
     since the programs were generated take effect without generating them again."""
+    candidates = grouped(tasks, rows)
+    run_visible_tests(tasks, candidates, timeout)
+    return marked(candidates)
+
+
+def grouped(tasks: Sequence[Task], rows: Sequence[dict]) -> list[list[dict]]:
+    """Copies of the rows, one group per task in `tasks` order, each in `sample` order."""
     groups: dict[str, list[dict]] = {task.task_id: [] for task in tasks}
     for row in sorted(rows, key=lambda r: r["sample"]):
         groups[row["task_id"]].append(dict(row))
-    candidates = [groups[task.task_id] for task in tasks]
-    run_visible_tests(tasks, candidates, timeout)
-    chosen = []
+    return [groups[task.task_id] for task in tasks]
+
+
+def marked(candidates: list[list[dict]]) -> list[dict]:
+    """Every candidate, already judged on the visible tests, with `selected` set on its group's choice."""
+    rows = []
     for group in candidates:
         pick = select_candidate(group)
-        chosen += [c | {"selected": i == pick} for i, c in enumerate(group)]
-    return chosen
+        rows += [c | {"selected": i == pick} for i, c in enumerate(group)]
+    return rows
 
 
 def selection_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Task], budget: str, *,
