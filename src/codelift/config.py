@@ -22,6 +22,10 @@ QLORA_PRESET = dict(lora_r=8, lora_alpha=32, lora_dropout=0.05, lr_scheduler="co
                     grad_accum=8, optimizer="paged_adamw_8bit")
 
 
+# Marks a setting added after run folders were made: at its default it is left out of a stage's
+# fingerprint (`pipeline.stage_fingerprint`), so those folders still resume.
+ADDED_LATER = {"added_later": True}
+
 class SFTConfig(BaseModel):
     """Supervised fine-tuning. Fields left unset take the chosen method's preset."""
 
@@ -220,7 +224,7 @@ class EvalStage(BaseModel):
     candidate_temperature: float = Field(0.8, gt=0)
     # with candidates: where none passes the visible tests, this many are repaired with the failing test's
     # outcome and join the candidates (budget: candidates + repairs programs per problem)
-    repairs: int = Field(0, ge=0)
+    repairs: int = Field(0, ge=0, json_schema_extra=ADDED_LATER)
     select_teacher: bool = True  # the teacher+select row too (costs `candidates` times the teacher's own row)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95

@@ -147,15 +147,12 @@ class Stages:
         return Stage(name, folder, outputs, fingerprint, cost=cost)
 
 
-# Settings added after run folders were made, left out of a stage's fingerprint while at their default
-# so that those folders still resume; any other value changes the fingerprint as every setting does.
-ADDED_SETTINGS = {("EvalStage", "repairs"): 0}
-
-
 def stage_fingerprint(name: str, settings: BaseModel, inputs: tuple[Stage, ...] = ()) -> str:
-    """What a stage's folder was made from: its settings (trackers change no artifact) and its inputs'."""
+    """What a stage's folder was made from: its settings (trackers change no artifact; a setting marked
+    `config.ADDED_LATER` only when it is not at its default) and its inputs'."""
+    fields = type(settings).model_fields
     dump = {key: value for key, value in settings.model_dump(mode="json", exclude={"report_to"}).items()
-            if ADDED_SETTINGS.get((type(settings).__name__, key), object()) != value}
+            if not ((fields[key].json_schema_extra or {}).get("added_later") and value == fields[key].default)}
     made_from = [name, dump, [i.fingerprint for i in inputs]]
     return hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]
 
