@@ -84,13 +84,13 @@ def call_example(line: str, entry_point: str) -> tuple[str, str] | None:
 def named_example(line: str, entry_point: str, parameters: list[str] | None) -> tuple[str, str] | None:
     """`For a = 1, b = [2] the output should be 3` (whatever comes between the inputs and "the output")."""
     match = NAMED_EXAMPLE.match(line)
-    if not (match and parameters):
+    value = literal_value(match.group("value")) if match and parameters else None
+    if value is None:
         return None
-    value = literal_value(match.group("value"))
-    prefixes = [match.group("inputs")[:m.start()] for m in re.finditer(r",|$", match.group("inputs"))]
-    for inputs in reversed(prefixes):  # the longest prefix that names every parameter
-        call = named_call(inputs, entry_point, parameters)
-        if call and value is not None:
+    inputs = match.group("inputs")
+    for end in reversed([m.start() for m in re.finditer(r",|$", inputs)]):  # the longest prefix naming every parameter
+        call = named_call(inputs[:end], entry_point, parameters)
+        if call:
             return call, value
     return None
 
