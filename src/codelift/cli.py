@@ -388,9 +388,13 @@ def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded na
           api_key: Annotated[str | None, typer.Option(help="Require this bearer key from clients.")] = None,
           max_tokens_cap: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 2048,
           max_request_bytes: Annotated[int, typer.Option(help="The largest request body accepted.")] = 1_000_000,
+          max_queue: Annotated[int, typer.Option(help="Requests that may wait for generation; one more gets 429 with Retry-After.")] = 64,
+          request_timeout: Annotated[float, typer.Option(help="Seconds a request may take before a 504 (if it has not started, it is never generated).")] = 600.0,
+          shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds requests in flight get to finish before exit.")] = 30.0,
           dtype: Dtype = None, batch_size: Annotated[int, typer.Option(help="hf backend: rows per batch.")] = 16,
           tensor_parallel_size: TensorParallel = None):
-    """Serve MODEL over an OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions."""
+    """Serve MODEL over an OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions,
+    plus /health and /metrics (Prometheus)."""
     from codelift.generate import backend_options
     from codelift.serve import ServeLimits
     from codelift.serve import serve as run_server
@@ -398,7 +402,8 @@ def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded na
     options = backend_options(backend, dtype=dtype, batch_size=batch_size, tensor_parallel_size=tensor_parallel_size)
     run_server(model, backend=backend, host=host, port=port, served_name=served_name, context=context, index=index,
                examples=examples, api_key=api_key,
-               limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes), **options)
+               limits=ServeLimits(max_tokens=max_tokens_cap, max_request_bytes=max_request_bytes, max_queue=max_queue,
+                                  request_timeout=request_timeout), shutdown_timeout=shutdown_timeout, **options)
 
 
 @plan_app.command("generate")
