@@ -218,3 +218,23 @@ def test_training_prints_one_progress_line_not_the_trainers_dictionaries(tiny_mo
     shown = printed.out + printed.err
     assert "SFT (lora)" in shown and "2/2" in shown and "validation loss" in shown and "tokens/s" in shown
     assert "{'loss'" not in shown and "'train_runtime'" not in shown  # those are in metrics.jsonl
+
+
+def test_progress_into_a_log_file_prints_the_line_as_it_goes_with_the_time_left(capfd):
+    """Into a file a live bar shows nothing until it stops: the line is printed every `every` seconds."""
+    from transformers import TrainerState
+
+    from codelift.train.callbacks import Throughput, TrainingProgress
+
+    progress = TrainingProgress("distill (lora)", Throughput(), every=0)
+    state = TrainerState(max_steps=4, global_step=1)  # resumed after one step
+    progress.on_train_begin(None, state, None)
+    for step in (2, 3, 4):
+        state.global_step = step
+        progress.on_log(None, state, None, logs={"loss": 1.0 / step})
+        progress.on_step_end(None, state, None)
+    progress.on_train_end(None, state, None)
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.strip()]
+    assert [line.split("  ")[1] for line in lines] == ["2/4 steps", "3/4 steps", "4/4 steps", "4/4 steps"]
+    assert all(line.startswith("distill (lora)") for line in lines) and "loss 0.5000" in lines[0]
+    assert "min left" in lines[0] and "min left" in lines[1] and "min left" not in lines[2]

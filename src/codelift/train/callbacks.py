@@ -63,13 +63,17 @@ class Throughput(TrainerCallback):
 
 
 class TrainingProgress(TrainerCallback):
-    """One line for a training run, as people expect of a tool: a bar of optimizer steps with the
-    latest loss, validation loss, tokens/s and the time left. It replaces the Trainer's own bar,
-    which prints every log dictionary into the terminal; those stay in `metrics.jsonl`."""
+    """One line for a training run, as people expect of a tool: optimizer steps with the latest
+    loss, validation loss, tokens/s and the time left. It replaces the Trainer's own bar, which
+    prints every log dictionary into the terminal; those stay in `metrics.jsonl`. On a terminal the
+    line is a live rich bar; into a file or a pipe (the log of a long run) a live bar shows nothing
+    until it stops, so the same line is printed every `every` seconds and at the end."""
 
-    def __init__(self, title: str, throughput: Throughput):
-        self.title, self.throughput = title, throughput
-        self.progress, self.task, self.status = None, None, {}
+    def __init__(self, title: str, throughput: Throughput, every: float = 60.0):
+        self.title, self.throughput, self.every = title, throughput, every
+        self.progress, self.task, self.log, self.status = None, None, None, {}
+        self.began = self.printed = 0.0
+        self.first_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -77,16 +81,22 @@ class TrainingProgress(TrainerCallback):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        console = Console()  # into a file or pipe, 80 columns would drop the bar and the counts: the line is whole
+        console = Console()
+        if not console.is_terminal:
+            self.log = Console(width=200)  # 80 columns would cut the line
+            self.began = self.printed = time.monotonic()
+            self.first_step = state.global_step  # a resumed run's time left counts this run's steps only
+            return
         self.progress = Progress(TextColumn(self.title), BarColumn(bar_width=30), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                 console=console if console.is_terminal else Console(width=200))
+                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console)
         self.progress.start()
         self.task = self.progress.add_task(self.title, total=state.max_steps, completed=state.global_step, status="")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress:
             self.progress.update(self.task, completed=state.global_step, status=self.line(state))
+        elif self.log and time.monotonic() - self.printed >= self.every:
+            self.print_line(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         names = {"loss": "loss", "eval_loss": "validation loss"}
@@ -99,8 +109,18 @@ class TrainingProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, status=self.line(state))
             self.progress.stop()
             self.progress = None
+        elif self.log:
+            self.print_line(state)
+            self.log = None
 
     def line(self, state) -> str:
         speed = self.throughput.tokens_per_second(state)
         parts = [f"{label} {value:.4f}" for label, value in self.status.items()]
         return "  ".join(parts + ([f"{speed:,.0f} tokens/s"] if speed else []))
+
+    def print_line(self, state) -> None:
+        self.printed = time.monotonic()
+        done, left = state.global_step - self.first_step, state.max_steps - state.global_step
+        eta = f"  {(self.printed - self.began) / done * left / 60:.1f} min left" if done and left else ""
+        self.log.print(f"{self.title}  {state.global_step}/{state.max_steps} steps  {self.line(state)}{eta}",
+                       markup=False, highlight=False)
