@@ -43,6 +43,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from codelift.hardware import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 CODELIFT = [sys.executable, "-m", "codelift.cli"]
 
@@ -176,13 +178,6 @@ def heldout_kl(students: dict[str, str], teacher: str, heldout: Path, max_length
     return {name: kl_to_teacher(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), teacher_model,
                                 tokenizer, tasks, max_length=max_length)
             for name, path in students.items()}
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    return f"{cpu} ({os.cpu_count()} cores, avx512_bf16={'yes' if bf16 else 'no'}); load {os.getloadavg()}"
 
 
 def main() -> None:

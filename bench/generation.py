@@ -18,12 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -32,9 +27,11 @@ from rich.table import Table
 from codelift.data import load_tasks
 from codelift.generate import make_generator
 from codelift.generate.hf import best_dtype
+from codelift.hardware import machine
 from codelift.models import load_model, prepare_model
 from codelift.models.load import load_tokenizer
 from codelift.prompts import render_prompt
+from serving import running_server
 
 MODEL = "smollm2-135m-instruct"
 
@@ -67,28 +64,10 @@ def codelift_backend(path: str, backend: str, prompts: list[str], max_new_tokens
 
 def served(path: str, prompts: list[str], max_new_tokens: int) -> tuple[list[str], int, float, float]:
     """`codelift serve` in a subprocess, all prompts in flight at once through the openai backend."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    began = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "codelift.cli", "serve", path, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit("codelift serve exited before answering") from None
-                time.sleep(0.5)
-        start = time.perf_counter() - began
-        texts, tokens, seconds, _ = codelift_backend(path, "openai", prompts, max_new_tokens,
-                                                     endpoint=f"http://127.0.0.1:{port}/v1", concurrency=len(prompts))
+    with running_server(path) as (url, _, start):
+        texts, tokens, seconds, _ = codelift_backend(path, "openai", prompts, max_new_tokens, endpoint=url,
+                                                     concurrency=len(prompts))
         return texts, tokens, seconds, start
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> None:
@@ -104,9 +83,7 @@ def main() -> None:
     path = prepare_model(MODEL)
     tokenizer = load_tokenizer(path)
     prompts = [render_prompt(t, "chat", tokenizer) for t in load_tasks("humaneval")[:args.limit]]
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
-    load_before = os.getloadavg()
+    before = machine()
 
     runs = {}
     for backend in args.backends:
@@ -129,7 +106,7 @@ def main() -> None:
 
     reference = runs.get("baseline model.generate fp32 b8")
     table = Table(title=f"{len(prompts)} HumanEval chat prompts, greedy, {args.max_new_tokens} new tokens, "
-                        f"{MODEL}; {cpu}, {os.cpu_count()} cores, load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+                        f"{MODEL}; {before} -> {os.getloadavg()[0]:.1f}")
     for column in ("backend", "wall s", "new tokens", "tokens/s", "start s", "vs baseline", "same as baseline"):
         table.add_column(column, justify="left" if column == "backend" else "right")
     for name, (texts, tokens, seconds, start) in runs.items():

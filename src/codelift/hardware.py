@@ -3,6 +3,7 @@ how much memory a process has used at most: one measure for training records and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +18,19 @@ def fast_bf16() -> bool:
         return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+
+
+def machine() -> str:
+    """The CPU as benchmark tables name it beside their figures (machines differ): model, cores,
+    whether bf16 is native, and the load average at the moment of asking."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+               "unknown CPU")
+    return (f"{cpu} ({os.cpu_count()} cores, avx512_bf16={'yes' if 'avx512_bf16' in info else 'no'}); "
+            f"load {os.getloadavg()[0]:.1f}")
 
 
 def peak_rss_mb() -> float:
