@@ -72,3 +72,25 @@ def test_vllm_cpu_context_is_the_models_own_at_most_the_cap(vllm_model_dir, monk
     assert vllm.cpu_context_length(str(vllm_model_dir)) == 512  # the tiny model's own, under 8192
     monkeypatch.setattr(vllm, "CPU_CONTEXT", 256)
     assert vllm.cpu_context_length(str(vllm_model_dir)) == 256
+
+
+
+def test_a_dead_engine_is_one_sentence_that_says_how_to_resume(engine, monkeypatch):
+    """vLLM's own failures, raised where its engine raises them: the user gets one sentence with the
+    way out, not a hundred-line traceback. (Killing the engine process does not get here: vLLM 0.32's
+    sync client then waits on its output queue forever, so the failure is raised at that boundary.)"""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from codelift.errors import CodeliftError
+    from codelift.generate.vllm import engine_died
+
+    assert engine_died(EngineDeadError()) and engine_died(TimeoutError("RPC call to execute_model timed out."))
+    assert not engine_died(ValueError("prompt too long")) and not engine_died(TimeoutError("read timed out"))
+
+    def dies(*args, **kwargs):
+        raise EngineDeadError()
+
+    monkeypatch.setattr(engine.llm, "generate", dies)
+    with pytest.raises(CodeliftError, match="engine stopped while generating.*run the same command again to resume.*"
+                                            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"):
+        engine.generate(PROMPTS[:1], max_new_tokens=2)

@@ -39,6 +39,14 @@ def vllm_dtype(on_cpu: bool) -> str:
     return "float32" if on_cpu and not fast_bf16() else "auto"
 
 
+def engine_died(error: Exception) -> bool:
+    """Whether `error` means the engine process is gone (killed, out of memory, or a step that ran
+    past vLLM's execute-model timeout), as opposed to a bad request."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError) or (isinstance(error, TimeoutError) and "RPC call" in str(error))
+
+
 class VLLMGenerator(Generator):
     backend = "vllm"
     OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
@@ -93,7 +101,16 @@ class VLLMGenerator(Generator):
                                  logprobs=0) for i in range(len(prompts))]
         inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
         began = time.perf_counter()
-        outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
+        try:
+            outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
+        except Exception as e:
+            if engine_died(e):
+                timeout = os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
+                raise CodeliftError(f"vLLM's engine stopped while generating ({type(e).__name__}: {e}). What was "
+                                    f"generated before is kept: run the same command again to resume. If a step "
+                                    f"timed out (a busy or small CPU), give it more time, e.g. "
+                                    f"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1200 (now {timeout}).") from None
+            raise
         share = (time.perf_counter() - began) / max(len(prompts), 1)
         eos = self.tokenizer.eos_token_id
         results = []
