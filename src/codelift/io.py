@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -35,9 +36,20 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
         if is_dir and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as e:
+        raise disk_full(target, e) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def disk_full(path: Path, error: OSError) -> Exception:
+    """A full disk (or quota) as one sentence naming the file and the space left; other errors as they are."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return error
+    free = shutil.disk_usage(path.parent).free / 2**20
+    return CodeliftError(f"{path}: no space left on its device ({free:.1f} MiB free); nothing was half-written: "
+                         f"free some space and run the same command again.")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -115,9 +127,15 @@ def read_appended(path: Path) -> list[dict]:
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
-    with path.open("a") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-        f.flush()
+    """Append whole lines: if the disk fills mid-write the log is cut back to what it held, so no
+    broken line is left for the next append to follow (a reader would stop at it)."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    except OSError as e:
+        os.truncate(path, size)
+        raise disk_full(path, e) from None
 
 
 def resume_log(log: Path, settings: dict) -> dict[str, dict]:

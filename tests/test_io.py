@@ -1,0 +1,49 @@
+"""Artifacts on a full disk: one sentence naming the file and the space left, nothing half-written."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+FULL_DISK = """
+import json, os, sys
+from pathlib import Path
+from codelift.errors import CodeliftError
+from codelift.io import append_rows, read_appended, write_json
+
+folder = Path(sys.argv[1])
+log = folder / "log.jsonl"
+append_rows(log, [{"task_id": "a"}])
+seen = {}
+for name, write in [("write_json", lambda: write_json(folder / "big.json", {"x": "y" * 200_000})),
+                    ("append_rows", lambda: append_rows(log, [{"task_id": "b", "text": "z" * 200_000}]))]:
+    try:
+        write()
+    except CodeliftError as e:
+        seen[name] = str(e)
+seen["left"] = sorted(os.listdir(folder))
+seen["log"] = read_appended(log)
+print(json.dumps(seen))
+"""
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_nothing_half_written(tmp_path):
+    """A 64 KiB tmpfs, mounted in a user and mount namespace of its own (no privileges needed)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here to mount a small filesystem")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount_and_run = 'mount -t tmpfs -o size=64k tmpfs "$1" && exec "$2" -c "$3" "$1"'
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", mount_and_run, "sh", str(folder), sys.executable, FULL_DISK],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode and "mount" in done.stderr and "Traceback" not in done.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    for name, path in [("write_json", folder / "big.json"), ("append_rows", folder / "log.jsonl")]:
+        assert seen[name].startswith(f"{path}: no space left on its device (")
+        assert "MiB free" in seen[name] and "run the same command again" in seen[name]
+    assert seen["left"] == ["log.jsonl"]  # no temporary file of the failed write
+    assert seen["log"] == [{"task_id": "a"}]  # the log cut back to its whole lines: the next append follows them
