@@ -255,14 +255,14 @@ def score_file(samples: Path, benchmark: str, split: str | None, out: Path, *, k
 def judge_samples(tasks: list[Task], samples: list[dict], out: Path, cfg: EvalConfig) -> tuple[list[dict], dict]:
     """Judge the samples not judged yet (from `out`/judged.jsonl), then summarise all of them."""
     log = out / "judged.jsonl"
-    judged = {(r["task_id"], r["sample"]): r for r in read_appended(log)}
-    todo = [s for s in samples if (s["task_id"], s["sample"]) not in judged]
+    judged = {(r["task_id"], r["sample"]): r for r in read_appended(log)}  # a later verdict replaces an earlier
+    todo = [s for s in samples if judged.get((s["task_id"], s["sample"]), {}).get("completion") != s["completion"]]
     if todo:
         new_rows, _ = score_samples(tasks, todo, k=cfg.k, timeout=cfg.timeout,
                                     on_row=lambda row: append_rows(log, [row]))
         judged |= {(r["task_id"], r["sample"]): r for r in new_rows}
     extra = {(s["task_id"], s["sample"]): s for s in samples}
     order = {t.task_id: i for i, t in enumerate(tasks)}
-    rows = sorted(({**judged[key], **{k: v for k, v in extra[key].items() if k != "completion"}} for key in judged),
-                  key=lambda r: (order[r["task_id"]], r["sample"]))
+    rows = sorted(({**judged[key], **{k: v for k, v in sample.items() if k != "completion"}}
+                   for key, sample in extra.items()), key=lambda r: (order[r["task_id"]], r["sample"]))
     return rows, summarize(rows, {t.task_id: t for t in tasks}, k=cfg.k, codebleu=cfg.codebleu)
