@@ -181,7 +181,7 @@ def test_a_kd_or_kl_pair_must_share_the_tokenizer(tiny_model_dir, tmp_path):
     check_run(same, None)
 
 
-@pytest.mark.parametrize("name", ["quick", "qwen", "codegen"])
+@pytest.mark.parametrize("name", ["smoke", "qwen", "qwen-lift", "codegen"])
 def test_the_shipped_configs_are_valid(name):
     from pathlib import Path
 

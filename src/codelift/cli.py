@@ -473,7 +473,7 @@ def _run_out(config: Path | None, out: Path | None) -> Path:
 
 
 @app.command()
-def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig (configs/quick.yaml, ...); omitted: the embedded demo.")] = None,
+def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig (configs/smoke.yaml, ...); omitted: the embedded demo.")] = None,
         set_: Sets = None, data_dir: DataDir = None,
         out: Annotated[Path | None, typer.Option(help="Folder for every artifact (default runs/CONFIG_NAME); re-running resumes.")] = None):
     """The whole recipe: data, teacher, student, SFT, KD, index, the ablation of every variant, and the report.

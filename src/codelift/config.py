@@ -253,7 +253,7 @@ class TuneStage(BaseModel):
 
 class RunConfig(BaseModel):
     """`codelift run`: the recipe end to end. The defaults are a few-minute demonstration on the
-    embedded model (no teacher); configs/quick.yaml adds the teacher and the pruned student."""
+    embedded model (no teacher); configs/smoke.yaml adds the teacher and the pruned student."""
 
     model_config = ConfigDict(extra="forbid")
 
