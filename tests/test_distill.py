@@ -177,6 +177,14 @@ def test_cache_is_top_k_of_the_full_log_softmax_resumes_and_refuses_other_data(
     with pytest.raises(CodeliftError, match="other settings"):
         build_teacher_cache(str(teacher_dir), str(tasks_file), cache_dir, top_k=4, max_length=96, prompt_format="instruct", bf16=False)
 
+    # One flipped byte in a shard's data is named, never read as a log-probability.
+    shard = cache_dir / "shard-00001.safetensors"
+    damaged = bytearray(shard.read_bytes())
+    damaged[-3] ^= 0x01
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(CodeliftError, match=f"{shard}: its bytes do not match the checksum"):
+        load_teacher_cache(cache_dir, tokenizer, (train_set, val_set))
+
     other = tmp_path / "other.jsonl"
     write_jsonl(other, (t.to_dict() for t in load_tasks("mbpp", "train", data_dir=data_dir)[30:50]))
     other_train, other_val = training_sets(str(other), None, tokenizer, FLOAT32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -50,6 +51,15 @@ def disk_full(path: Path, error: OSError) -> Exception:
     free = shutil.disk_usage(path.parent).free / 2**20
     return CodeliftError(f"{path}: no space left on its device ({free:.1f} MiB free); nothing was half-written: "
                          f"free some space and run the same command again.")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, read in 1 MiB blocks: a manifest records it, a later reader checks it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

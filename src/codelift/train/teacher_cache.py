@@ -6,10 +6,11 @@ of the probability mass left outside them (the tail). Ids are the bulk of the by
 stored as uint16 when the vocabulary allows it.
 
 Layout: `manifest.json` (what made it: teacher and weights hash, tokenizer hash, data hash, k,
-dtypes, bytes per token) and `shard-NNNNN.safetensors` files of `shard_examples` examples each,
-written atomically; a killed run resumes at the first missing shard. Training with the cache
-(`distill --teacher-cache`) never loads the teacher and refuses a cache made for other data or
-another tokenizer.
+dtypes, bytes per token, each shard's SHA-256) and `shard-NNNNN.safetensors` files of
+`shard_examples` examples each, written atomically; a killed run resumes at the first missing shard.
+Training with the cache (`distill --teacher-cache`) never loads the teacher and refuses a cache made
+for other data or another tokenizer, or a shard whose bytes no longer match its checksum (a flipped
+byte in a log-probability would otherwise be read as data).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rich.progress import Progress
 
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path, check_same_settings, write_json
+from codelift.io import atomic_path, check_same_settings, file_sha256, write_json
 from codelift.models.load import load_model, load_tokenizer, prepare_model, vocabulary_hash
 from codelift.train.core import ExampleCollator, use_bf16
 from codelift.prompts import default_format
@@ -99,7 +100,8 @@ def build_teacher_cache(teacher: str, data: str, out: Path, *, top_k: int = 32, 
     tokens = sum(sum(1 for label in row["labels"][1:] if label != -100) for row in examples)
     stored = sum((out / f"shard-{n:05d}.safetensors").stat().st_size for n in range(len(shards)))
     manifest = identity | {"complete": True, "examples": len(examples), "tokens": tokens, "shards": len(shards),
-                           "bytes": stored, "bytes_per_token": round(stored / max(tokens, 1), 1)}
+                           "bytes": stored, "bytes_per_token": round(stored / max(tokens, 1), 1),
+                           "shard_sha256": [file_sha256(out / f"shard-{n:05d}.safetensors") for n in range(len(shards))]}
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -155,7 +157,11 @@ def load_teacher_cache(path: Path, tokenizer, datasets: tuple) -> TeacherCache:
                             f"build one for this --data, max_length and prompt format.")
     rows = {}
     for number in range(manifest["shards"]):
-        arrays = load_file(str(Path(path) / f"shard-{number:05d}.safetensors"))
+        shard = Path(path) / f"shard-{number:05d}.safetensors"
+        if "shard_sha256" in manifest and file_sha256(shard) != manifest["shard_sha256"][number]:
+            raise CodeliftError(f"{shard}: its bytes do not match the checksum in manifest.json (damaged or changed "
+                                f"since it was written); delete it and run `codelift distill cache` again to rewrite it.")
+        arrays = load_file(str(shard))
         ids = torch.from_numpy(arrays["ids"].astype(np.int32))  # as stored (uint16 widened only to int32)
         log_probs, tail = torch.from_numpy(arrays["log_probs"]), torch.from_numpy(arrays["tail"])
         counts = arrays["counts"].tolist()
