@@ -354,3 +354,41 @@ def test_token_kd_adds_logit_kd_on_the_kept_teacher_answers(tiny_model_dir, teac
     assert manifest["heldout_kl_before"] > 0 and (out / "kl.png").is_file()
     kept = [json.loads(line) for line in (out / "teacher_data.jsonl").read_text().splitlines()]
     assert [k["task_id"] for k in kept] == [t.task_id for i, t in enumerate(tasks) if i % 2]
+
+
+def test_a_sigkilled_cache_build_resumes_to_the_same_bytes(teacher_dir, data_dir, tmp_path):
+    """`codelift distill cache` killed (SIGKILL) once a few shards are written, then run again, ends with
+    the very files of a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "tasks.jsonl"
+    write_jsonl(data, (t.to_dict() for t in load_tasks("mbpp", "train", data_dir=data_dir)[:200]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def command(out):
+        return [sys.executable, "-m", "codelift.cli", "distill", "cache", "--teacher", str(teacher_dir), "--data",
+                str(data), "--out", str(out), "--top-k", "8", "--max-length", "96", "--shard-examples", "5",
+                "--prompt-format", "instruct"]
+
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "shard-00003.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert not manifest["complete"], "the build finished before it could be killed"
+    subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)
+
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert resumed == whole and whole["shards"] > 8  # killed after 4 of them
+    for number in range(whole["shards"]):
+        name = f"shard-{number:05d}.safetensors"
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())

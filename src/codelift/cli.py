@@ -310,12 +310,14 @@ def distill_cache(teacher: Annotated[str, typer.Option(help="Teacher model.")],
                   top_k: Annotated[int, typer.Option(help="Teacher tokens kept per position.")] = 32,
                   batch_size: int = 8, max_length: Annotated[int, typer.Option(help="Must equal the distill run's max_length.")] = 512,
                   log_prob_dtype: Annotated[str, typer.Option(help="float16 (default) or float32.")] = "float16",
+                  shard_examples: Annotated[int, typer.Option(help="Examples per shard: a killed run redoes at most one shard.")] = 256,
                   prompt_format: PromptFormat = None):
     """Run the teacher once over the response tokens of DATA and store its top-k log-probabilities."""
     from codelift.train.teacher_cache import build_teacher_cache
 
     manifest = build_teacher_cache(teacher, data, out, top_k=top_k, batch_size=batch_size, max_length=max_length,
-                                   log_prob_dtype=log_prob_dtype, prompt_format=prompt_format)
+                                   log_prob_dtype=log_prob_dtype, shard_examples=shard_examples,
+                                   prompt_format=prompt_format)
     console.print(_table(f"teacher cache -> {out}", {k: manifest[k] for k in ("examples", "tokens", "top_k", "bytes",
                                                                                "bytes_per_token")}))
 
