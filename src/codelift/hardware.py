@@ -14,19 +14,21 @@ def fast_bf16() -> bool:
     the CPU emulates it, about 4x slower than fp32 (0.5B LoRA step 24 vs 78 tokens/s)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
+    return "avx512_bf16" in cpuinfo()
+
+
+def cpuinfo() -> str:
+    """/proc/cpuinfo, or "" where there is none."""
     try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
 
 
 def machine() -> str:
     """The CPU as benchmark tables name it beside their figures (machines differ): model, cores,
     whether bf16 is native, and the load average at the moment of asking."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
+    info = cpuinfo()
     cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                "unknown CPU")
     return (f"{cpu} ({os.cpu_count()} cores, avx512_bf16={'yes' if 'avx512_bf16' in info else 'no'}); "

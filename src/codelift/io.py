@@ -54,12 +54,9 @@ def disk_full(path: Path, error: OSError) -> Exception:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The file's SHA-256, read in 1 MiB blocks: a manifest records it, a later reader checks it."""
-    digest = hashlib.sha256()
+    """The file's SHA-256 (streamed): a manifest records it, a later reader checks it."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -49,7 +49,7 @@ async def completions(req: CompletionRequest, request: Request):
     if not prompts:
         raise APIError(400, "prompt: expected a string or a non-empty list of strings", param="prompt")
     prompts = [f"{c.strip()}\n\n{p}" if c else p for c, p in zip(retrieved(state, prompts, "raw"), prompts)]
-    check(state, req, req.max_tokens, prompts)
+    lengths = check(state, req, req.max_tokens, prompts)
     results = await generated(state, request, prompts, settings(req, req.max_tokens))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": state.served_name}
@@ -59,8 +59,8 @@ async def completions(req: CompletionRequest, request: Request):
     if req.stream:
         include_usage = (req.stream_options or {}).get("include_usage")
         return events([{**head, "choices": [row]} for row in rows],
-                      {**head, "choices": [], "usage": usage(state, prompts, results)} if include_usage else None)
-    return {**head, "choices": rows, "usage": usage(state, prompts, results)}
+                      {**head, "choices": [], "usage": usage(lengths, results)} if include_usage else None)
+    return {**head, "choices": rows, "usage": usage(lengths, results)}
 
 
 async def chat(req: ChatRequest, request: Request):
@@ -76,7 +76,7 @@ async def chat(req: ChatRequest, request: Request):
     messages[users[-1]]["content"] = with_context(messages[users[-1]]["content"], context)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     max_tokens = req.max_completion_tokens or req.max_tokens or state.limits.default_max_tokens
-    check(state, req, max_tokens, [prompt])
+    lengths = check(state, req, max_tokens, [prompt])
     results = await generated(state, request, [prompt], settings(req, max_tokens))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.served_name}
     rows = list(choices(results, max_tokens))
@@ -86,9 +86,9 @@ async def chat(req: ChatRequest, request: Request):
                                          "finish_reason": None}]} for i, text, *_ in rows]
         ends = [{**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]} for i, _, reason, *_ in rows]
         include_usage = (req.stream_options or {}).get("include_usage")
-        return events(deltas + ends, {**chunk, "choices": [], "usage": usage(state, [prompt], results)}
+        return events(deltas + ends, {**chunk, "choices": [], "usage": usage(lengths, results)}
                       if include_usage else None)
-    return {**head, "object": "chat.completion", "usage": usage(state, [prompt], results),
+    return {**head, "object": "chat.completion", "usage": usage(lengths, results),
             "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                          "logprobs": None} for i, text, reason, *_ in rows]}
 
@@ -113,7 +113,9 @@ async def generated(state: ServeState, request: Request, prompts: list[str], sam
     return results
 
 
-def check(state: ServeState, req: Sampling, max_tokens: int, prompts: Sequence[str]) -> None:
+def check(state: ServeState, req: Sampling, max_tokens: int, prompts: Sequence[str]) -> list[int]:
+    """Refuse what this server will not generate; the prompts' lengths in tokens (0 without a
+    tokenizer), counted once here for the context check and the usage report."""
     limits, generator = state.limits, state.generator
     if req.model != state.served_name:
         raise APIError(404, f"model '{req.model}' is not served here; this server has '{state.served_name}'",
@@ -125,13 +127,15 @@ def check(state: ServeState, req: Sampling, max_tokens: int, prompts: Sequence[s
         raise APIError(400, f"n {req.n} is over this server's cap of {limits.max_n}", param="n")
     if any(not prompt for prompt in prompts):
         raise APIError(400, "prompt: expected non-empty text", param="prompt")
-    if generator.tokenizer is not None and generator.context_length:
-        for prompt in prompts:
-            length = len(generator.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    tokenizer = generator.tokenizer
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) if tokenizer is not None else 0 for p in prompts]
+    if tokenizer is not None and generator.context_length:
+        for length in lengths:
             if length + max_tokens > generator.context_length:
                 raise APIError(400, f"the prompt is {length} tokens; with max_tokens {max_tokens} it is over the "
                                     f"model's context of {generator.context_length} tokens", param="prompt",
                                code="context_length_exceeded")
+    return lengths
 
 
 def settings(req: Sampling, max_tokens: int) -> dict:
@@ -151,9 +155,8 @@ def retrieved(state: ServeState, queries: list[str], fmt: str) -> list[str]:
     return [c.text for c in task_contexts(tasks, "rag", state.rag.examples, state.rag.retriever, fmt)]
 
 
-def usage(state: ServeState, prompts: Sequence[str], results: list[Generation]) -> dict:
-    tokenizer = state.generator.tokenizer
-    prompt_tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) if tokenizer else 0
+def usage(prompt_lengths: list[int], results: list[Generation]) -> dict:
+    prompt_tokens = sum(prompt_lengths)
     completion_tokens = sum(r.new_tokens for r in results)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}

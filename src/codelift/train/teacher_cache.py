@@ -140,7 +140,7 @@ class TeacherCache:
 
 def load_teacher_cache(path: Path, tokenizer, datasets: tuple) -> TeacherCache:
     """Load a complete cache after checking it was made for this tokenizer and this encoded data."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     manifest_path = Path(path) / "manifest.json"
     if not manifest_path.is_file():
@@ -158,10 +158,11 @@ def load_teacher_cache(path: Path, tokenizer, datasets: tuple) -> TeacherCache:
     rows = {}
     for number in range(manifest["shards"]):
         shard = Path(path) / f"shard-{number:05d}.safetensors"
-        if "shard_sha256" in manifest and file_sha256(shard) != manifest["shard_sha256"][number]:
+        stored = shard.read_bytes()  # read once: checked, then parsed
+        if "shard_sha256" in manifest and hashlib.sha256(stored).hexdigest() != manifest["shard_sha256"][number]:
             raise CodeliftError(f"{shard}: its bytes do not match the checksum in manifest.json (damaged or changed "
                                 f"since it was written); delete it and run `codelift distill cache` again to rewrite it.")
-        arrays = load_file(str(shard))
+        arrays = load(stored)
         ids = torch.from_numpy(arrays["ids"].astype(np.int32))  # as stored (uint16 widened only to int32)
         log_probs, tail = torch.from_numpy(arrays["log_probs"]), torch.from_numpy(arrays["tail"])
         counts = arrays["counts"].tolist()
