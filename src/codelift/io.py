@@ -38,19 +38,21 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
             shutil.rmtree(target)
         os.replace(tmp, target)
     except OSError as e:
-        raise disk_full(target, e) from None
+        refuse_full_disk(target, e)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
-def disk_full(path: Path, error: OSError) -> Exception:
-    """A full disk (or quota) as one sentence naming the file and the space left; other errors as they are."""
+def refuse_full_disk(path: Path, error: OSError) -> None:
+    """A full disk (or quota) as one sentence naming the file and the space left; other errors are
+    left to the caller to re-raise untouched."""
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return error
+        return
     free = shutil.disk_usage(path.parent).free / 2**20
-    return CodeliftError(f"{path}: no space left on its device ({free:.1f} MiB free); nothing was half-written: "
-                         f"free some space and run the same command again.")
+    raise CodeliftError(f"{path}: no space left on its device ({free:.1f} MiB free); nothing was half-written: "
+                         f"free some space and run the same command again.") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -142,7 +144,8 @@ def append_rows(path: Path, rows: Sequence[dict]) -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows)
     except OSError as e:
         os.truncate(path, size)
-        raise disk_full(path, e) from None
+        refuse_full_disk(path, e)
+        raise
 
 
 def resume_log(log: Path, settings: dict) -> dict[str, dict]:
