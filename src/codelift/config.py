@@ -200,7 +200,7 @@ class EvalStage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    benchmarks: list[str] = ["mbpp:validation"]  # humaneval, mbpp[:SPLIT], mbpp-sanitized[:SPLIT] or a file
+    benchmarks: list[str] = ["mbpp:validation"]  # humaneval, mbpp[:SPLIT], mbpp-sanitized[:SPLIT], apps[:SPLIT] or a file
     mode: Literal["auto", "plain", "instruct", "chat"] = "auto"  # auto: chat where the model has a chat template
     limit: int | None = 20  # first N problems of each benchmark
     examples: int = 3  # RAG hits per prompt

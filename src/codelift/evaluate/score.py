@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from codelift.data import Task
+from codelift.data.apps import DIFFICULTIES, runnable_program
 from codelift.errors import CodeliftError
 from codelift.evaluate import metrics
 from codelift.evaluate.sandbox import VERDICTS, Job, Limits, Result, isolation_mode, run_many
@@ -59,7 +60,7 @@ def score_samples(tasks: Iterable[Task], samples: str | os.PathLike | Iterable[d
                      "completion": sample.get("solution", sample.get("completion")), "program": program,
                      "syntax_valid": metrics.syntax_valid(program),
                      "exact_match": metrics.exact_match(program, task.solution)})
-        jobs.append(Job(program, tuple(task.tests), task.test_setup, task.entry_point))
+        jobs.append(Job(runnable_program(task, program), tuple(task.tests), task.test_setup, task.entry_point))
         seen[task.task_id] += 1
     if not rows:
         source = samples if isinstance(samples, (str, os.PathLike)) else "samples"
@@ -105,6 +106,11 @@ def summarize(rows: Sequence[dict], tasks: dict[str, Task], *, k: Sequence[int] 
         syntax_valid=sum(r["syntax_valid"] for r in rows) / len(rows),
         avg_tests_passed=metrics.average_tests_passed([[r["tests_passed"] for r in g] for g in per_task.values()]),
         verdicts={verdict: sum(r["verdict"] == verdict for r in rows) for verdict in VERDICTS})
+    found = {tasks[t].difficulty for t in per_task if t in tasks} - {""}
+    levels = [*(d for d in DIFFICULTIES if d in found), *sorted(found - set(DIFFICULTIES))]
+    if levels:  # per level of a benchmark that has them (APPS): pass@k and tests passed
+        summary["by_difficulty"] = {level: summarize([r for r in rows if tasks[r["task_id"]].difficulty == level],
+                                                     {}, k=k) for level in levels}
     if codebleu:
         summary["codebleu"] = metrics.codebleu([r["program"] for r in rows],
                                                [tasks[r["task_id"]].solution for r in rows])

@@ -90,6 +90,10 @@ def selection_summary(candidates: dict, rows: Sequence[dict], tasks: Sequence[Ta
                                                 "verdicts") if key in scored},
                 "selected_passed_visible": sum(r["visible_verdict"] == "passed" for r in chosen) / len(chosen),
                 "tasks_with_visible_tests": sum(bool(t.visible_tests) for t in tasks)}
+    if "by_difficulty" in scored:
+        filtered["by_difficulty"] = {level: {"tasks": s["tasks"], "filtered_pass@1": s["pass@1"],
+                                             "avg_tests_passed": s["avg_tests_passed"]}
+                                     for level, s in scored["by_difficulty"].items()}
     repairs = [r for r in rows if r.get("repair_of") is not None]
     if repairs:  # what repair with test feedback bought: the problems sent back, and how the chosen repairs fared
         filtered |= {"repaired_tasks": len({r["task_id"] for r in repairs}), "repairs": len(repairs),
