@@ -63,3 +63,25 @@ def make_tiny_llama(real_tokenizer_dir, tmp_path_factory):
 def tiny_model_dir(make_tiny_llama) -> Path:
     """A 4-layer, 64-wide Llama with SmolLM2's real tokenizer: the pipeline in seconds."""
     return make_tiny_llama("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def sigkill():
+    """`sigkill(command, env, when)`: start `command`, kill it with SIGKILL as soon as `when()` holds, and
+    fail if it ended first (then nothing was interrupted and the test would prove nothing)."""
+    import signal
+    import subprocess
+    import time
+
+    def kill(command: list[str], env: dict, when, timeout: float = 180.0) -> None:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not when() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ended = proc.poll()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert ended is None, f"{command[1:3]} ended (status {ended}) before it could be killed"
+        assert when(), f"{command[1:3]} was killed at the time limit, not at its kill point"
+
+    return kill

@@ -356,14 +356,12 @@ def test_token_kd_adds_logit_kd_on_the_kept_teacher_answers(tiny_model_dir, teac
     assert [k["task_id"] for k in kept] == [t.task_id for i, t in enumerate(tasks) if i % 2]
 
 
-def test_a_sigkilled_cache_build_resumes_to_the_same_bytes(teacher_dir, data_dir, tmp_path):
+def test_a_sigkilled_cache_build_resumes_to_the_same_bytes(teacher_dir, data_dir, tmp_path, sigkill):
     """`codelift distill cache` killed (SIGKILL) once a few shards are written, then run again, ends with
     the very files of a run never interrupted."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     data = tmp_path / "tasks.jsonl"
     write_jsonl(data, (t.to_dict() for t in load_tasks("mbpp", "train", data_dir=data_dir)[:200]))
@@ -375,12 +373,7 @@ def test_a_sigkilled_cache_build_resumes_to_the_same_bytes(teacher_dir, data_dir
                 "--prompt-format", "instruct"]
 
     subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "shard-00003.safetensors").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill(command(tmp_path / "killed"), env, (tmp_path / "killed" / "shard-00003.safetensors").exists)
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert not manifest["complete"], "the build finished before it could be killed"
     subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)

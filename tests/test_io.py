@@ -1,4 +1,4 @@
-"""Artifacts on a full disk: one sentence naming the file and the space left, nothing half-written."""
+"""Artifacts: one sentence on a full disk, nothing half-written, and what a killed writer left removed."""
 
 import json
 import shutil
@@ -47,3 +47,20 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing_half_written(tmp_path):
         assert "MiB free" in seen[name] and "run the same command again" in seen[name]
     assert seen["left"] == ["log.jsonl"]  # no temporary file of the failed write
     assert seen["log"] == [{"task_id": "a"}]  # the log cut back to its whole lines: the next append follows them
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    import os
+
+    from codelift.io import write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone, alive = int(dead.stdout), os.getppid()  # a finished process's pid, and a running one's
+    (tmp_path / f".out.json.{gone}.tmp").write_text('{"half": ')
+    (tmp_path / f".out.json.{gone}.tmp.json").write_text("not ours")
+    (tmp_path / f".out.json.{alive}.tmp").mkdir()  # a writer still at work: left alone
+    (tmp_path / f".other.json.{gone}.tmp").write_text("another target's")
+    write_json(tmp_path / "out.json", {"whole": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.json", f".out.json.{gone}.tmp.json", f".out.json.{alive}.tmp", f".other.json.{gone}.tmp"])
+    assert json.loads((tmp_path / "out.json").read_text()) == {"whole": True}

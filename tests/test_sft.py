@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -124,20 +122,14 @@ def _sft_command(model: Path, data: Path, out: Path, config: Path) -> list[str]:
     return [CODELIFT, "sft", "--model", str(model), "--data", str(data), "--out", str(out), "--config", str(config)]
 
 
-def test_sigkilled_run_resumes_to_the_same_weights(tiny_model_dir, train_file, tmp_path):
+def test_sigkilled_run_resumes_to_the_same_weights(tiny_model_dir, train_file, tmp_path, sigkill):
     config = tmp_path / "sft.yaml"
     config.write_text("method: lora\nmax_steps: 12\nbatch_size: 2\nmax_length: 128\nlearning_rate: 0.01\n")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_sft_command(tiny_model_dir, train_file, whole, config), env=SINGLE_THREAD, check=True,
                    capture_output=True)
-
-    proc = subprocess.Popen(_sft_command(tiny_model_dir, train_file, killed, config), env=SINGLE_THREAD,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(killed.glob("checkpoints/checkpoint-*/codelift-committed")) and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill(_sft_command(tiny_model_dir, train_file, killed, config), SINGLE_THREAD,
+            lambda: bool(list(killed.glob("checkpoints/checkpoint-*/codelift-committed"))))
     assert not (killed / "adapter").exists(), "the run finished before it could be killed"
     subprocess.run(_sft_command(tiny_model_dir, train_file, killed, config), env=SINGLE_THREAD, check=True,
                    capture_output=True)

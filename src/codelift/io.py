@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -27,11 +27,10 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is an ordinary folder
-    else:
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.mkdir()
     try:
         yield tmp
         if is_dir and target.exists():
@@ -43,6 +42,25 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove what a killed writer of `target` left: its temporary siblings whose process is gone (or
+    whose pid this process now has: pids are reused)."""
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = tmp.name.removeprefix(f".{target.name}.").removesuffix(".tmp")
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def refuse_full_disk(path: Path, error: OSError) -> None:

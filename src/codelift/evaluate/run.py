@@ -152,6 +152,7 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
             raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
                                 f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
         fmt = default_format(generator.tokenizer, cfg.prompt_format if cfg.mode == "plan" else MODES[cfg.mode])
+        position = {t.task_id: i for i, t in enumerate(tasks)}  # seeds follow the task, so a resumed run samples alike
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
             contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
@@ -160,10 +161,10 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
 
                 rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
                                          plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
-                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start,
+                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + position[chunk[0].task_id],
                                          contexts=[c.text for c in contexts], fmt=fmt)
             else:
-                rows = sampled_rows(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + start)
+                rows = sampled_rows(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + position[chunk[0].task_id])
             by_task = dict(zip((t.task_id for t in chunk), contexts))
             rows = [row | {"prompt_format": fmt} | context_fields(by_task[row["task_id"]]) for row in rows]
             append_rows(log, rows)

@@ -79,12 +79,13 @@ def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConf
         return done
     with make_generator(teacher, backend=cfg.generation_backend, progress=False) as generator:
         fmt = default_format(generator.tokenizer)
+        position = {t.task_id: i for i, t in enumerate(tasks)}  # seeds follow the task, so a resumed run samples alike
         for start in track(range(0, len(missing), ANSWER_BATCH), description=f"teacher answers ({len(missing)} tasks)"):
             batch = missing[start:start + ANSWER_BATCH]
             results = generator.generate([render_prompt(t, fmt, generator.tokenizer) for t in batch],
                                          n=cfg.samples_per_task, max_new_tokens=cfg.max_new_tokens,
                                          temperature=settings["temperature"], stop=prompt_stop(fmt),
-                                         seed=cfg.seed + start)
+                                         seed=cfg.seed + position[batch[0].task_id])
             rows = [{"task_id": t.task_id, "answers": r.completions} for t, r in zip(batch, results)]
             append_rows(log, rows)
             done |= {row["task_id"]: row["answers"] for row in rows}
