@@ -245,3 +245,49 @@ def test_a_setting_added_later_keeps_old_fingerprints_at_its_default():
     made_before = hashlib.sha256(json.dumps(["eval", before, []]).encode()).hexdigest()[:16]
     assert stage_fingerprint("eval", EvalStage()) == made_before
     assert stage_fingerprint("eval", EvalStage(repairs=2)) != made_before
+
+
+def test_a_finished_stage_is_reused_only_with_the_very_files_it_handed_on(tmp_path):
+    """Every file a stage wrote and hands on has its SHA-256 in the stage's run.json; a flipped byte or a
+    missing file is named when the stage would be reused, never read as the next stage's input."""
+    from pydantic import BaseModel
+    from rich.console import Console
+
+    from codelift.pipeline import RunContext, Stages
+
+    class Settings(BaseModel):
+        steps: int = 1
+
+    made = []
+
+    def make(folder, settings, ctx):
+        made.append(folder)
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "weights.bin").write_bytes(bytes(range(256)))
+        (folder / "train.jsonl").write_text('{"task_id": "t/1"}\n')
+        return {"model": str(folder / "model"), "train": str(folder / "train.jsonl"), "tasks": 1,
+                "base": str(tmp_path / "shipped.bin")}  # not the stage's own file: not checked
+
+    (tmp_path / "shipped.bin").write_bytes(b"weights of a shipped model")
+    stages = Stages(tmp_path / "run", RunContext(None, "none", Console(quiet=True)))
+    stages.run("sft", make, Settings())
+    record = json.loads((tmp_path / "run" / "sft" / "run.json").read_text())["pipeline"]
+    assert sorted(record["checksums"]) == ["model/weights.bin", "train.jsonl"]
+    (tmp_path / "shipped.bin").write_bytes(b"another shipped model")
+    stages.run("sft", make, Settings())
+    assert len(made) == 1  # reused
+
+    weights = tmp_path / "run" / "sft" / "model" / "weights.bin"
+    weights.write_bytes(bytes([1]) + bytes(range(1, 256)))
+    with pytest.raises(CodeliftError, match=rf"{weights}: changed or damaged \(its SHA-256 is not the one in .*run.json\) "
+                                            rf"since the sft stage finished; remove .*sft \(and the stages after it\)"):
+        stages.run("sft", make, Settings())
+    weights.unlink()
+    with pytest.raises(CodeliftError, match=rf"{weights}: missing since the sft stage finished"):
+        stages.run("sft", make, Settings())
+
+    del record["checksums"]  # a folder finished before checksums were recorded still resumes
+    manifest = json.loads((tmp_path / "run" / "sft" / "run.json").read_text())
+    (tmp_path / "run" / "sft" / "run.json").write_text(json.dumps({**manifest, "pipeline": record}))
+    stages.run("sft", make, Settings())
+    assert len(made) == 1

@@ -105,6 +105,13 @@ def test_inconsistent_index_directory_is_refused(index_dir, tmp_path):
     with pytest.raises(CodeliftError, match="dimension 384; manifest.json expects 12 of dimension 768"):
         load_index(copy)
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    vectors = bytearray((copy / "index.faiss").read_bytes())
+    vectors[-5] ^= 0x01  # one flipped bit of one stored vector
+    (copy / "index.faiss").write_bytes(bytes(vectors))
+    with pytest.raises(CodeliftError, match=r"index.faiss: contents differ from the index_sha256 in manifest.json "
+                                            r"\(changed or damaged\); rebuild the index"):
+        load_index(copy)
+    shutil.copy(index_dir / "index.faiss", copy / "index.faiss")
     with (copy / "documents.jsonl").open("a") as f:
         f.write("\n")
     with pytest.raises(CodeliftError, match="differ from the data_sha256"):

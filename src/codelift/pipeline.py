@@ -31,7 +31,7 @@ from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import (MODES, EvalConfig, check_benchmark_spec, evaluate_model, generation_pending,
                                    open_generator)
 from codelift.hardware import peak_rss_mb
-from codelift.io import read_jsonl, run_manifest, write_json, write_jsonl
+from codelift.io import file_sha256, read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
 from codelift.train.sft import train_sft
@@ -132,6 +132,7 @@ class Stages:
         self.ctx.console.rule(f"{name}")
         done = finished(folder)
         if done is not None and done["fingerprint"] == fingerprint:
+            check_outputs(folder, name, done.get("checksums", {}))
             self.ctx.console.print(f"already done -> {folder}")
             return Stage(name, folder, done["outputs"], fingerprint, cost=done["cost"])
         check_started(folder, name, fingerprint)
@@ -141,7 +142,8 @@ class Stages:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else run_manifest(
             settings.model_dump(), stage=name)
         manifest["pipeline"] = {"stage": name, "fingerprint": fingerprint, "outputs": outputs, "cost": cost,
-                                "inputs": {i.name: str(i.folder) for i in inputs if i.ran}}
+                                "inputs": {i.name: str(i.folder) for i in inputs if i.ran},
+                                "checksums": output_checksums(folder, outputs)}
         write_json(manifest_path, manifest)
         self.ctx.console.print(f"{name}: {cost['wall_seconds']:.0f} s, peak {cost['peak_memory_mb']:.0f} MiB -> {folder}")
         return Stage(name, folder, outputs, fingerprint, cost=cost)
@@ -161,6 +163,30 @@ def finished(folder: Path) -> dict | None:
     """The pipeline record of a finished stage folder, else None."""
     path = folder / "run.json"
     return json.loads(path.read_text()).get("pipeline") if path.is_file() else None
+
+
+def output_checksums(folder: Path, outputs: dict) -> dict[str, str]:
+    """SHA-256 of every file a stage hands on that it wrote itself (inside its folder; a shipped
+    model it passes on is not its own), by path relative to the folder."""
+    files = []
+    for value in outputs.values():
+        path = Path(value) if isinstance(value, str) else None
+        if path is not None and path.exists() and path.resolve().is_relative_to(folder.resolve()):
+            files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f.resolve().relative_to(folder.resolve())): file_sha256(f) for f in files}
+
+
+def check_outputs(folder: Path, name: str, checksums: dict[str, str]) -> None:
+    """A finished stage is reused only with the very files it handed on: a changed or damaged one
+    is named, never read (folders finished before checksums were recorded have none to check)."""
+    for relative, digest in checksums.items():
+        path = folder / relative
+        problem = ("missing" if not path.is_file() else
+                   f"changed or damaged (its SHA-256 is not the one in {folder / 'run.json'})"
+                   if file_sha256(path) != digest else "")
+        if problem:
+            raise CodeliftError(f"{path}: {problem} since the {name} stage finished; remove {folder} (and the stages "
+                                f"after it) to redo it.")
 
 
 def check_started(folder: Path, name: str, fingerprint: str) -> None:

@@ -8,7 +8,6 @@ index it would query wrongly instead of returning silently bad neighbours.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -25,7 +24,7 @@ import numpy as np
 
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path, read_jsonl, write_json, write_jsonl
+from codelift.io import atomic_path, file_sha256, read_jsonl, write_json, write_jsonl
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 INDEX_KINDS = ("hnsw", "flat", "ivf")
@@ -196,7 +195,8 @@ def build_index(tasks: Iterable[Task], out_dir: str | Path, *, embedder: str | N
             "count": len(tasks),
             # Tokens past the embedder's window are not embedded: worth knowing for "full" documents.
             "truncated": _count_truncated(model, texts),
-            "data_sha256": _sha256(tmp / DOCUMENTS_FILE),
+            "data_sha256": file_sha256(tmp / DOCUMENTS_FILE),
+            "index_sha256": file_sha256(tmp / INDEX_FILE),
             "seconds": {"embed": round(embedded - start, 3), "index": round(indexed - embedded, 3)},
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -229,10 +229,6 @@ def _count_truncated(model, texts: list[str]) -> int:
     return sum(len(ids) > limit for ids in model.tokenizer(texts, verbose=False)["input_ids"])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_index(index_dir: str | Path, embedder: str | None = None) -> Retriever:
     """Open an index directory for search, with the embedder it was built with; passing another
     embedder (or one of another dimension) stops, since its vectors would not be comparable."""
@@ -247,8 +243,10 @@ def load_index(index_dir: str | Path, embedder: str | None = None) -> Retriever:
         if not (index_dir / name).is_file():
             raise CodeliftError(f"{index_dir}: missing {name} beside {MANIFEST_FILE}; rebuild the index.")
     documents = index_dir / DOCUMENTS_FILE
-    if _sha256(documents) != manifest["data_sha256"]:
-        raise CodeliftError(f"{documents}: contents differ from the data_sha256 in {MANIFEST_FILE}; rebuild the index.")
+    for path, key in ((documents, "data_sha256"), (index_dir / INDEX_FILE, "index_sha256")):
+        if key in manifest and file_sha256(path) != manifest[key]:  # indexes built before index_sha256 lack it
+            raise CodeliftError(f"{path}: contents differ from the {key} in {MANIFEST_FILE} (changed or damaged); "
+                                f"rebuild the index.")
     tasks = [Task.from_dict(row, f"{documents}, line {lineno}") for lineno, row in read_jsonl(documents)]
     index = faiss.read_index(str(index_dir / INDEX_FILE))
     if index.ntotal != len(tasks) or index.d != manifest["embedder"]["dimension"]:
