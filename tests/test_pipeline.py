@@ -153,7 +153,7 @@ def test_config_errors_name_the_line_and_field(tmp_path, text, sets, message):
 @pytest.mark.parametrize("sets,message", [
     (["rag.knowledge_base=[mbpp:trian]"], "rag.knowledge_base: 'mbpp:trian': unknown split 'trian'"),
     (["data.train=[leetcode]"], "data.train: 'leetcode': unknown source"),
-    (["eval.benchmarks=[humaneval, apps]"], "eval.benchmarks: 'apps'"),
+    (["eval.benchmarks=[humaneval, leetcode]"], "eval.benchmarks: 'leetcode'"),
     (["plan.enabled=true", "plan.plans_file=nowhere.jsonl"], "plan.plans_file: 'nowhere.jsonl': file not found"),
 ])
 def test_the_whole_run_is_checked_before_any_work(sets, message):
