@@ -62,6 +62,9 @@ class SFTConfig(BaseModel):
     gradient_checkpointing: bool = True
     report_to: ReportTo = "none"  # experiment tracker the Trainer logs to
     seed: int = 42
+    # Bit-for-bit reruns on GPU as the CodeGen study ran: every RNG seeded, deterministic kernels only
+    # (torch.use_deterministic_algorithms), cuDNN benchmarking off, the cuBLAS workspace setting. Slower.
+    deterministic: bool = Field(False, json_schema_extra=ADDED_LATER)
 
     def resolved(self) -> SFTConfig:
         """This config with the method's defaults filled into the fields the user left unset."""

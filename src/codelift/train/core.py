@@ -142,7 +142,7 @@ def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: i
     every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
     bf16 = use_bf16(cfg.bf16)
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
+        output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed, full_determinism=cfg.deterministic,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
@@ -185,7 +185,8 @@ def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTCon
                             final_validation_loss=final_eval["eval_loss"], train_loss=result.training_loss,
                             steps=trainer.state.global_step, tokens_seen=trainer.state.num_input_tokens_seen,
                             tokens_per_second=throughput.tokens_per_second(trainer.state),
-                            peak_memory_mb=peak_memory_mb(), bf16=args.bf16, processes=args.world_size)
+                            peak_memory_mb=peak_memory_mb(), bf16=args.bf16, processes=args.world_size,
+                            deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
     if not trainer.is_world_process_zero():
         return trainer, manifest
     weights_dir = out / ("model" if cfg.method == "full" else "adapter")
