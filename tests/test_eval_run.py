@@ -153,3 +153,21 @@ def test_a_logged_verdict_is_reused_only_for_the_program_it_judged(tmp_path):
     assert evaluate_model(cfg, tmp_path / "run")["pass@1"] == 0.0
     write_generations(tmp_path / "run", [RIGHT_ADD])
     assert evaluate_model(cfg, tmp_path / "run")["pass@1"] == 1.0
+
+
+def test_chain_of_thought_asks_for_a_plan_then_the_code_in_one_answer(tiny_model_dir, tmp_path):
+    """CodePLAN's chain-of-thought baseline: the student's own prompt with the request added, nothing else."""
+    from codelift.generate import make_generator
+    from codelift.prompts import COT_REQUEST, chain_of_thought_prompt, render_prompt
+
+    task = load_tasks("humaneval")[0]
+    generator = make_generator(str(tiny_model_dir), "hf", progress=False)
+    sent = []
+    real_generate = generator.generate
+    generator.generate = lambda prompts, **kw: sent.extend(prompts) or real_generate(prompts, **kw)
+    with generator:
+        summary = evaluate_model(config(tiny_model_dir, mode="cot"), tmp_path, generator=generator)
+    plain = render_prompt(task, "chat", generator.tokenizer)
+    assert sent[0] == chain_of_thought_prompt(task, "chat", generator.tokenizer) != plain
+    assert COT_REQUEST in sent[0] and sent[0].replace(f"\n\n{COT_REQUEST}", "") == plain
+    assert summary["mode"] == "cot" and summary["tasks"] == 3 and summary["prompt_format"] == "chat"

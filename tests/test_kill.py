@@ -62,6 +62,28 @@ def test_a_killed_evaluation_resumes_to_the_same_samples(tiny_model_dir, tasks_f
     assert listing(killed) == listing(whole)
 
 
+def test_a_killed_distillation_resumes_to_the_same_weights(tiny_model_dir, tasks_file, tmp_path, sigkill):
+    """Logit KD with the teacher online, killed once a checkpoint is committed (the SFT and cache kills
+    are in test_sft.py and test_distill.py)."""
+    config = tmp_path / "kd.yaml"
+    config.write_text("method: lora\nmax_steps: 10\nbatch_size: 2\nmax_length: 96\nlearning_rate: 0.01\n"
+                      "eval_every_epochs: 0.05\nprompt_format: instruct\ndeterministic: true\n")
+
+    def command(out: Path) -> list[str]:
+        return [CODELIFT, "distill", "--teacher", str(tiny_model_dir), "--student", str(tiny_model_dir), "--data",
+                str(tasks_file), "--out", str(out), "--config", str(config)]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
+    sigkill(command(killed), ENV, lambda: bool(list(killed.glob("checkpoints/checkpoint-*/codelift-committed"))))
+    assert not (killed / "adapter").exists()
+    subprocess.run(command(killed), env=ENV, check=True, capture_output=True)
+    expected = load_file(whole / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == resumed.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert json.loads((killed / "run.json").read_text())["steps"] == 10
+
+
 TEACHER_ANSWERS = """
 import sys
 from pathlib import Path

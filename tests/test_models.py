@@ -236,3 +236,80 @@ def test_embedded_qwen_joins_checks_and_converts(name, layers, parameters, monke
     assert not model.config.tie_word_embeddings
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.convert_ids_to_tokens([151_643, 151_664]) == ["<|endoftext|>", "<|file_sep|>"]
+
+
+def _custom_code_model(tiny_model_dir, folder):
+    """The tiny Llama as a model whose architecture ships in its own folder, as CodeGen2's does."""
+    import json
+
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "modeling_tiny.py").write_text(
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\n"
+        "class TinyCustomConfig(LlamaConfig):\n    model_type = 'tiny-custom'\n\n\n"
+        "class TinyCustomForCausalLM(LlamaForCausalLM):\n    config_class = TinyCustomConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tiny-custom", architectures=["TinyCustomForCausalLM"],
+                  auto_map={"AutoConfig": "modeling_tiny.TinyCustomConfig",
+                            "AutoModelForCausalLM": "modeling_tiny.TinyCustomForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_remote_code_runs_only_when_trusted_and_run_json_says_so(tiny_model_dir, tmp_path, monkeypatch):
+    from codelift.io import TRUST_REMOTE_CODE_ENV, run_manifest
+
+    folder = _custom_code_model(tiny_model_dir, tmp_path / "custom")
+    monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
+    with pytest.raises(CodeliftError, match=r"runs code from its own repository to load; allow it with `codelift "
+                                            r"--trust-remote-code \.\.\.`"):
+        load_model(str(folder))
+    assert run_manifest({})["trust_remote_code"] is False
+    monkeypatch.setenv(TRUST_REMOTE_CODE_ENV, "1")
+    model, _ = load_model(str(folder))
+    assert type(model).__name__ == "TinyCustomForCausalLM" and run_manifest({})["trust_remote_code"] is True
+
+
+def test_the_cli_option_reaches_the_loaders(tiny_model_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = _custom_code_model(tiny_model_dir, tmp_path / "custom")
+    env = {k: v for k, v in os.environ.items() if k != "CODELIFT_TRUST_REMOTE_CODE"} | {"HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "codelift.cli", "model", "info", str(folder)]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr
+    allowed = subprocess.run([*command[:3], "--trust-remote-code", *command[3:]], env=env, capture_output=True, text=True)
+    assert allowed.returncode == 0 and "TinyCustomForCausalLM" in allowed.stdout, allowed.stderr[-500:]
+
+
+def test_an_encoder_decoder_model_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from codelift.config import SFTConfig
+    from codelift.models.adapters import load_for_training
+
+    folder = tmp_path / "codet5-like"
+    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+                               ).save_pretrained(folder)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    message = r"is an encoder-decoder model \(t5\); codelift trains and evaluates decoder-only causal language models"
+    with pytest.raises(CodeliftError, match=message):
+        load_model(str(folder))
+    with pytest.raises(CodeliftError, match=message):
+        load_for_training(str(folder), SFTConfig(method="lora"))
+
+
+@pytest.mark.parametrize("method, cuda, bf16, expected", [
+    ("lora", False, False, torch.float32), ("full", True, True, torch.float32), ("lora", True, True, torch.bfloat16),
+    ("prefix", True, False, torch.float16), ("qlora4", True, True, torch.bfloat16)])
+def test_peft_methods_train_over_half_precision_weights_on_cuda_only(method, cuda, bf16, expected, monkeypatch):
+    """No GPU here: CUDA's answers are the boundary faked; the choice made from them is ours."""
+    from codelift.models.adapters import base_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert base_dtype(method) == expected

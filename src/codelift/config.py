@@ -109,6 +109,9 @@ class PlanGenerateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # backward (CodePLAN): the teacher reasons back from the reference solution; forward, its baseline:
+    # the teacher plans from the problem alone
+    direction: Literal["backward", "forward"] = Field("backward", json_schema_extra=ADDED_LATER)
     plans_per_task: int = Field(1, ge=1)  # 1: greedy; more: sampled at `temperature`, duplicates removed
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -229,6 +232,9 @@ class EvalStage(BaseModel):
     # outcome and join the candidates (budget: candidates + repairs programs per problem)
     repairs: int = Field(0, ge=0, json_schema_extra=ADDED_LATER)
     select_teacher: bool = True  # the teacher+select row too (costs `candidates` times the teacher's own row)
+    # a "+cot" row: the final student asked to plan, then code, in one answer, without plan training
+    # (CodePLAN's chain-of-thought baseline)
+    chain_of_thought: bool = Field(False, json_schema_extra=ADDED_LATER)
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
 
@@ -270,6 +276,9 @@ class RunConfig(BaseModel):
     eval: EvalStage = EvalStage()
     tune: TuneStage = TuneStage()
     report_to: ReportTo = "none"  # passed to every training stage
+    # Let the models and embedders run code from their own repositories (CodeGen2, Jina code embeddings);
+    # off by default, since that code runs with your permissions. Recorded in every run.json.
+    trust_remote_code: bool = False
 
     @model_validator(mode="after")
     def _stages_fit_together(self) -> RunConfig:

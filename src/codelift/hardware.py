@@ -49,6 +49,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def peak_memory_mb() -> float:
-    """GPU memory at most allocated where CUDA runs, else the peak resident memory."""
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
+def peak_memory() -> dict[str, float]:
+    """The peak resident memory, and where CUDA runs the GPU memory at most allocated, in MiB: both,
+    since a 7B LoRA is judged by whether it fits the GPU and the host."""
+    peaks = {"peak_memory_mb": round(peak_rss_mb(), 1)}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks

@@ -185,8 +185,18 @@ def _git_revision() -> str | None:
         return None
 
 
+# Set (to "1") by --trust-remote-code or `trust_remote_code: true`: models and embedders may then run
+# code shipped in their own repositories. An environment setting, so the processes a run starts inherit it.
+TRUST_REMOTE_CODE_ENV = "CODELIFT_TRUST_REMOTE_CODE"
+
+
+def trust_remote_code() -> bool:
+    return os.environ.get(TRUST_REMOTE_CODE_ENV) == "1"
+
+
 def run_manifest(config: dict, **extra: Any) -> dict:
-    """What `run.json` records beside every output: config, package versions, git revision."""
+    """What `run.json` records beside every output: config, package versions, git revision, and
+    whether models could run their own code."""
     packages = ["codelift", "torch", "transformers", "peft", "accelerate", "trl", "faiss-cpu",
                 "sentence-transformers", "datasets", "bitsandbytes"]
     versions = {}
@@ -194,4 +204,4 @@ def run_manifest(config: dict, **extra: Any) -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return {"config": config, "versions": versions, "python": platform.python_version(),
-            "git_revision": _git_revision(), **extra}
+            "git_revision": _git_revision(), "trust_remote_code": trust_remote_code(), **extra}

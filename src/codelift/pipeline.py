@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
 from codelift.evaluate.run import (MODES, EvalConfig, check_benchmark_spec, evaluate_model, generation_pending,
                                    open_generator)
-from codelift.hardware import peak_rss_mb
-from codelift.io import file_sha256, read_jsonl, run_manifest, write_json, write_jsonl
+from codelift.hardware import peak_memory
+from codelift.io import TRUST_REMOTE_CODE_ENV, file_sha256, read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
 from codelift.rag import build_index
 from codelift.train.sft import train_sft
@@ -40,6 +41,8 @@ from codelift.train.sft import train_sft
 def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, console: Console | None = None) -> dict:
     """Run every configured stage into `out`; returns the ablation (also in eval/ablation.json)."""
     check_run(cfg, data_dir)
+    if cfg.trust_remote_code:
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
     stages = Stages(out, RunContext(data_dir, cfg.report_to, console or Console()))
     write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
     models = train_models(cfg, stages)
@@ -109,7 +112,7 @@ class Stage:
     outputs: dict
     fingerprint: str
     ran: bool = True
-    cost: dict = field(default_factory=dict)  # wall_seconds, peak_memory_mb
+    cost: dict = field(default_factory=dict)  # wall_seconds, peak_memory_mb (and peak_gpu_memory_mb on CUDA)
 
 
 @dataclass(frozen=True)
@@ -152,11 +155,22 @@ class Stages:
 def stage_fingerprint(name: str, settings: BaseModel, inputs: tuple[Stage, ...] = ()) -> str:
     """What a stage's folder was made from: its settings (trackers change no artifact; a setting marked
     `config.ADDED_LATER` only when it is not at its default) and its inputs'."""
-    fields = type(settings).model_fields
-    dump = {key: value for key, value in settings.model_dump(mode="json", exclude={"report_to"}).items()
-            if not ((fields[key].json_schema_extra or {}).get("added_later") and value == fields[key].default)}
+    dump = fingerprinted(settings)
+    dump.pop("report_to", None)
     made_from = [name, dump, [i.fingerprint for i in inputs]]
     return hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:16]
+
+
+def fingerprinted(settings: BaseModel) -> dict:
+    """The settings as JSON, leaving out (at every depth) a setting added later that is at its default."""
+    dump = {}
+    for key, field_info in type(settings).model_fields.items():
+        value = getattr(settings, key)
+        if (field_info.json_schema_extra or {}).get("added_later") and value == field_info.default:
+            continue
+        dump[key] = fingerprinted(value) if isinstance(value, BaseModel) else \
+            settings.model_dump(mode="json", include={key})[key]
+    return dump
 
 
 def finished(folder: Path) -> dict | None:
@@ -210,9 +224,7 @@ def measure() -> Iterator[dict]:
     began = time.monotonic()
     yield cost
     cost["wall_seconds"] = round(time.monotonic() - began, 1)
-    cost["peak_memory_mb"] = round(peak_rss_mb(), 1)
-    if torch.cuda.is_available():
-        cost["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    cost.update(peak_memory())
 
 
 def prepare_data(folder: Path, settings, *, ctx: RunContext) -> dict:
@@ -376,8 +388,8 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
                       index: Stage) -> list[Variant]:
     """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
-    sft+kd), that student choosing among samples by their visible tests (eval.candidates), that
-    student with retrieval; the plan-trained student with plan sampling, and with
+    sft+kd), that student choosing among samples by their visible tests (eval.candidates), asked to
+    plan then code in one answer (eval.chain_of_thought), with retrieval; the plan-trained student with plan sampling, and with
     retrieval too (everything combined); the teacher. Each row is compared with the one it adds
     a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
@@ -388,6 +400,8 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
     trained = variants[-1]
     if settings.candidates > 1:
         variants.append(Variant(f"{trained.name}+select", trained.model, candidates=settings.candidates))
+    if settings.chain_of_thought:
+        variants.append(Variant(f"{trained.name}+cot", trained.model, mode="cot", vs=trained.name))
     with_rag = {"context": "rag", "index": index.outputs.get("index"), "stage": index.name, "cost": index.cost}
     if index.ran:
         variants.append(Variant(f"{trained.name}+rag", trained.model, **with_rag, vs=trained.name))

@@ -148,7 +148,9 @@ def task_training_example(task: Task, fmt: str, tokenizer, answer: str | None = 
 # The teacher writes a plan by backward reasoning (it sees the problem and a reference solution);
 # the student learns two tasks told apart by a marker: code (optionally given a plan) and plan.
 
-PLAN_PROMPT_VERSION = "plan-v1"  # recorded with every plan; bump when a plan template changes
+# Recorded with every plan; bump when a plan template changes. Forward plans (CodePLAN's baseline) are
+# written from the problem alone, backward ones from the problem and its reference solution.
+PLAN_PROMPT_VERSION = {"backward": "plan-v1", "forward": "forward-plan-v1"}
 GEN_CODE, GEN_PLAN = "[GEN_CODE]", "[GEN_PLAN]"
 PLAN_HEADER = "Plan:\n"
 PLAN_SYSTEM_PROMPT = ("You explain how a programmer arrives at a solution. Answer with a numbered list of short "
@@ -156,6 +158,9 @@ PLAN_SYSTEM_PROMPT = ("You explain how a programmer arrives at a solution. Answe
 BACKWARD_REQUEST = ("Here is a programming problem and a correct solution. Work backwards from the solution: write "
                     "the numbered step-by-step plan a programmer would follow to arrive at it. Describe each step in "
                     "words; do not copy the code.\n\nProblem:\n{problem}\n\nSolution:\n```python\n{solution}\n```")
+FORWARD_REQUEST = ("Here is a programming problem. Before any code is written, plan how to solve it: write the "
+                   "numbered step-by-step plan a programmer would follow. Describe each step in words; do not write "
+                   "code.\n\nProblem:\n{problem}")
 # One worked example (written for codelift, in none of the evaluation sets) shows the form of a plan.
 PLAN_EXAMPLE_PROBLEM = "Write a function to count the vowels in a string."
 PLAN_EXAMPLE_SOLUTION = ("def count_vowels(text):\n    count = 0\n    for ch in text.lower():\n"
@@ -167,16 +172,27 @@ PLAN_EXAMPLE_PLAN = ("1. Define a function `count_vowels` that takes the string.
                      "5. Return the counter.")
 
 
-def backward_plan_prompt(task: Task, reference: str, tokenizer) -> str:
+def plan_prompt(task: Task, tokenizer, direction: str = "backward") -> str:
     """The teacher's plan prompt: the worked example as an earlier exchange, then this task's problem
-    and reference solution. The model's chat template when it has one, else the instruct template."""
-    example = BACKWARD_REQUEST.format(problem=PLAN_EXAMPLE_PROBLEM, solution=PLAN_EXAMPLE_SOLUTION)
-    request = BACKWARD_REQUEST.format(problem=task.instruction.strip(), solution=reference.strip())
+    and (backward, CodePLAN's way) its reference solution to reason back from; forward plans see the
+    problem alone. The model's chat template when it has one, else the instruct template."""
+    template = BACKWARD_REQUEST if direction == "backward" else FORWARD_REQUEST
+    example = template.format(problem=PLAN_EXAMPLE_PROBLEM, solution=PLAN_EXAMPLE_SOLUTION)
+    request = template.format(problem=task.instruction.strip(), solution=task.solution.strip())
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": PLAN_SYSTEM_PROMPT}, {"role": "user", "content": example},
                     {"role": "assistant", "content": PLAN_EXAMPLE_PLAN}, {"role": "user", "content": request}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return instruct_prompt(request, context=f"{example}\n\n{PLAN_HEADER}{PLAN_EXAMPLE_PLAN}")
+
+
+# Chain of thought, CodePLAN's other baseline: the model plans and codes in one answer, untrained to.
+COT_REQUEST = ("First write a numbered plan of the steps in words, then the complete solution in one ```python "
+               "block.")
+
+
+def chain_of_thought_prompt(task: Task, fmt: str, tokenizer=None, context: str = "") -> str:
+    return render_instruction(f"{task_instruction(task)}\n\n{COT_REQUEST}", fmt, tokenizer, context)
 
 
 def with_plan(instruction: str, plan: str) -> str:

@@ -137,7 +137,14 @@ def ablation_cells(row: dict) -> list[str]:
             number(row["syntax_valid"]), number(row["avg_tests_passed"]), number(row["codebleu"]),
             number(row["kl_to_teacher"]), f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "-",
             f"{row['stage']} {row['stage_wall_seconds']:.0f} s" if row["stage_wall_seconds"] is not None else "-",
-            f"{row['stage_peak_memory_mb']:,.0f} MiB" if row["stage_peak_memory_mb"] is not None else "-"]
+            memory(row["stage_peak_memory_mb"], row.get("stage_peak_gpu_memory_mb"))]
+
+
+def memory(rss_mb: float | None, gpu_mb: float | None) -> str:
+    """Peak host memory, and the GPU's beside it where the stage ran on one."""
+    if rss_mb is None:
+        return "-"
+    return f"{rss_mb:,.0f} MiB" + (f" (GPU {gpu_mb:,.0f} MiB)" if gpu_mb is not None else "")
 
 
 def number(value: float | None) -> str:
@@ -149,7 +156,7 @@ def stage_rows(stages: dict[str, Path]) -> list[list[str]]:
     for name, folder in stages.items():
         record = json.loads((folder / "run.json").read_text())["pipeline"]
         outputs = ", ".join(f"{k}: {v}" for k, v in record["outputs"].items())
-        rows.append([name, f"{record['cost']['wall_seconds']:.0f} s", f"{record['cost']['peak_memory_mb']:,.0f} MiB",
+        rows.append([name, f"{record['cost']['wall_seconds']:.0f} s", memory(record["cost"]["peak_memory_mb"], record["cost"].get("peak_gpu_memory_mb")),
                      outputs])
     return rows
 

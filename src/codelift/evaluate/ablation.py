@@ -64,7 +64,7 @@ def pooled_rows(variants: list[Variant], benchmarks: dict[str, list[dict]], resa
                     sum(p[metric] * p["problems"] for p in parts) / len(scores)
                     for metric in METRICS if metric != "pass@1"}
         same = {key: parts[0][key] for key in ("variant", "model", "context", "sample_budget", "parameters", "stage",
-                                               "stage_wall_seconds", "stage_peak_memory_mb")}
+                                               "stage_wall_seconds", "stage_peak_memory_mb", "stage_peak_gpu_memory_mb")}
         row = {**same, **weighted, "problems": len(scores), "pass@1": sum(scores.values()) / len(scores),
                "ci_low": low, "ci_high": high, "eval_wall_seconds": sum(p["eval_wall_seconds"] or 0 for p in parts),
                "scores": scores}
@@ -98,6 +98,7 @@ def variant_row(variant: Variant, folder: Path, resamples: int, confidence: floa
             "parameters": count_parameters(variant.model), "stage": variant.stage,
             "stage_wall_seconds": variant.cost.get("wall_seconds"),
             "stage_peak_memory_mb": variant.cost.get("peak_memory_mb"),
+            "stage_peak_gpu_memory_mb": variant.cost.get("peak_gpu_memory_mb"),
             "eval_wall_seconds": summary.get("wall_seconds"), "scores": scores,
             "by_difficulty": {level: part.get("filtered_pass@1", part.get("pass@1"))
                               for level, part in summary.get("by_difficulty", {}).items()}}

@@ -26,15 +26,16 @@ from codelift.evaluate.score import score_samples, summarize
 from codelift.evaluate.selection import choose, selection_summary
 from codelift.generate import Generator, backend_options, extract_code, make_generator
 from codelift.io import append_rows, check_same_settings, read_appended, run_manifest, write_json, write_jsonl
-from codelift.prompts import default_format, prompt_stop, render_prompt
+from codelift.prompts import chain_of_thought_prompt, default_format, prompt_stop, render_prompt
 from codelift.rag.context import check_context, task_contexts
 from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test"), "apps": ("apps", "test")}
-# --mode -> prompt format; auto (and plan, plan sampling in the format plan training used): the model's
-# chat template where its tokenizer has one, else the instruct template (prompts.default_format)
-MODES = {"auto": None, "plain": "raw", "instruct": "instruct", "chat": "chat", "plan": None}
+# --mode -> prompt format; auto (and plan, plan sampling in the format plan training used, and cot, the
+# model asked to plan then code in one answer): the model's chat template where its tokenizer has one, else
+# the instruct template (prompts.default_format)
+MODES = {"auto": None, "plain": "raw", "instruct": "instruct", "chat": "chat", "plan": None, "cot": None}
 GENERATION_CHUNK = 64  # tasks generated between appends to generations.jsonl (what a kill can lose)
 
 
@@ -175,7 +176,8 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
 def sampled_rows(generator, tasks: list[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
     """n samples per task of the task's own prompt (`cfg.candidates` of them for selection)."""
     n = cfg.candidates or cfg.n_samples
-    prompts = [render_prompt(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
+    render = chain_of_thought_prompt if cfg.mode == "cot" else render_prompt
+    prompts = [render(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
     results = generator.generate(prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  stop=prompt_stop(fmt), seed=seed)
     return [{"task_id": task.task_id, "sample": i, "raw": text, "completion": text if fmt == "raw" else extract_code(text),

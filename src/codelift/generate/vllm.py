@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from codelift.errors import CodeliftError
+from codelift.io import trust_remote_code
 from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
 from codelift.prompts import prompt_ids
 
@@ -27,7 +28,8 @@ def cpu_context_length(path: str) -> int | None:
     """The model's own context length, at most CPU_CONTEXT."""
     from transformers import AutoConfig
 
-    limit = getattr(AutoConfig.from_pretrained(path).get_text_config(), "max_position_embeddings", None)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code())
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
     return min(limit, CPU_CONTEXT) if limit else None
 
 
@@ -86,7 +88,7 @@ class VLLMGenerator(Generator):
             extra["enable_chunked_prefill"] = False
             extra.setdefault("max_model_len", cpu_context_length(path))
         self.llm = LLM(model=path, dtype=dtype or vllm_dtype(on_cpu), tensor_parallel_size=tensor_parallel_size,
-                       enforce_eager=enforce_eager, seed=0, **extra)
+                       enforce_eager=enforce_eager, seed=0, trust_remote_code=trust_remote_code(), **extra)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         self.progress = progress
         self.start_seconds = time.perf_counter() - began

@@ -10,6 +10,8 @@ import torch
 
 from codelift.config import SFTConfig
 from codelift.errors import CodeliftError
+from codelift.io import trust_remote_code
+from codelift.models.load import check_decoder_only
 
 
 def peft_config(cfg: SFTConfig):
@@ -26,6 +28,15 @@ def peft_config(cfg: SFTConfig):
     if cfg.method == "prefix":
         return PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
     return None
+
+
+def base_dtype(method: str) -> torch.dtype:
+    """The dtype of the weights a method trains over. A PEFT method leaves them frozen, so on CUDA they
+    are held in bf16 (fp16 where the GPU lacks bf16), as the PEFT study fits a 7B LoRA in 24 GB; the
+    adapters themselves stay fp32 (PEFT's autocast). Full fine-tuning and CPU runs keep fp32 weights."""
+    if method == "full" or not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def quantization_config(method: str):
@@ -45,7 +56,9 @@ def load_for_training(model_path: str, cfg: SFTConfig):
     from transformers import AutoModelForCausalLM
 
     quantization = quantization_config(cfg.method)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization)
+    check_decoder_only(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype(cfg.method), quantization_config=quantization,
+                                                 trust_remote_code=trust_remote_code())
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = peft_config(cfg)

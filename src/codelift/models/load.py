@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path
+from codelift.io import atomic_path, trust_remote_code
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -172,6 +172,21 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, st
                             f"be compared; {way_out}.")
 
 
+def check_decoder_only(path: str) -> None:
+    """Refuse an encoder-decoder model (CodeT5+, T5) with the reason: every stage trains and prompts a
+    causal LM, one token stream of prompt then answer, which such a model does not read."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code())
+    except (OSError, ValueError):
+        return  # loading the model itself names what is wrong
+    if getattr(config, "is_encoder_decoder", False):
+        raise CodeliftError(f"{path} is an encoder-decoder model ({config.model_type}); codelift trains and evaluates "
+                            f"decoder-only causal language models, which read the prompt and continue it in one "
+                            f"stream. Use a decoder-only code model (CodeGen, Qwen2.5-Coder, StarCoder, SmolLM).")
+
+
 def check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise CodeliftError(f"{path}: model folder not found; expected a Hugging Face folder, a .gguf file, "
@@ -228,7 +243,7 @@ def drop_vocab_fillers(tokenizer_json: Path) -> None:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(prepare_model(name))
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(name), trust_remote_code=trust_remote_code())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -239,10 +254,15 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     path = prepare_model(name)
-    tokenizer = load_tokenizer(path)
+    check_decoder_only(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as e:
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code())
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):
+            raise CodeliftError(f"{name} runs code from its own repository to load; allow it with `codelift "
+                                f"--trust-remote-code ...` (or `trust_remote_code: true` in a run config) if you "
+                                f"trust its source.") from None
         raise CodeliftError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     return model.eval(), tokenizer
 

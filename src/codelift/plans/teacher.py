@@ -24,7 +24,7 @@ from codelift.data import Task, load_tasks
 from codelift.data.clean import tokens
 from codelift.errors import CodeliftError
 from codelift.io import append_rows, resume_log, write_json, write_jsonl
-from codelift.prompts import (PLAN_PROMPT_VERSION, backward_plan_prompt, code_from_plan_prompt, default_format,
+from codelift.prompts import (PLAN_PROMPT_VERSION, code_from_plan_prompt, default_format, plan_prompt,
                               prompt_stop)
 
 TASK_CHUNK = 16  # tasks between appends to the log (what a kill can lose)
@@ -103,8 +103,8 @@ def generate_plans(teacher: str, data: str, out: Path, cfg: PlanGenerateConfig, 
         raise CodeliftError(f"{data}: no tasks to write plans for.")
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".log")
-    settings = {"teacher": teacher, "backend": backend, "prompt_version": PLAN_PROMPT_VERSION,
-                **cfg.model_dump(exclude={"limit"})}
+    settings = {"teacher": teacher, "backend": backend, "prompt_version": PLAN_PROMPT_VERSION[cfg.direction],
+                **cfg.model_dump(exclude={"limit", "direction"})}  # the prompt version names the direction
     done = resume_log(log, settings)
     missing = [t for t in tasks if t.task_id not in done]
     began = time.monotonic()
@@ -124,7 +124,7 @@ def generate_plans(teacher: str, data: str, out: Path, cfg: PlanGenerateConfig, 
             if outcome["reason"].startswith("kept"):
                 kept.append({"task_id": task.task_id, "plan": outcome["plan"], "sample": j,
                              "provenance": {"teacher": teacher, "backend": backend,
-                                            "prompt_version": PLAN_PROMPT_VERSION,
+                                            "prompt_version": PLAN_PROMPT_VERSION[cfg.direction],
                                             "verification": outcome["verification"],
                                             "teacher_code": outcome.get("code"), "temperature": outcome["temperature"],
                                             "seed": cfg.seed}})
@@ -144,7 +144,7 @@ def plan_chunk(generator, tasks: list[Task], cfg: PlanGenerateConfig) -> list[di
                             "--teacher as a local model folder (or embedded name) whose tokenizer the server uses.")
     stop = prompt_stop(default_format(tokenizer))
     temperature = 0.0 if cfg.plans_per_task == 1 else cfg.temperature
-    answers = generator.generate([backward_plan_prompt(t, t.solution, tokenizer) for t in tasks],
+    answers = generator.generate([plan_prompt(t, tokenizer, cfg.direction) for t in tasks],
                                  n=cfg.plans_per_task, max_new_tokens=cfg.max_plan_tokens, temperature=temperature,
                                  top_p=cfg.top_p, stop=stop, seed=cfg.seed)
     rows = []

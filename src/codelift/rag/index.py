@@ -24,7 +24,7 @@ import numpy as np
 
 from codelift.data.task import Task
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path, file_sha256, read_jsonl, write_json, write_jsonl
+from codelift.io import atomic_path, file_sha256, read_jsonl, trust_remote_code, write_json, write_jsonl
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 INDEX_KINDS = ("hnsw", "flat", "ivf")
@@ -88,7 +88,7 @@ def _load_model(source: str):
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(source)
+        return SentenceTransformer(source, trust_remote_code=trust_remote_code())
     except (OSError, ValueError) as e:
         raise CodeliftError(f"cannot load embedder '{source}' ({type(e).__name__}); expected a "
                             "sentence-transformers folder or a hub id reachable from here.") from None

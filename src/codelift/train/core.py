@@ -23,8 +23,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from codelift.config import SFTConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.hardware import fast_bf16, peak_memory_mb
-from codelift.io import atomic_path, run_manifest, write_jsonl
+from codelift.hardware import fast_bf16, peak_memory
+from codelift.io import atomic_path, run_manifest, trust_remote_code, write_jsonl
 from codelift.models.adapters import parameter_counts
 from codelift.prompts import default_format
 from codelift.train.callbacks import CommitCheckpoints, Throughput, TrainingProgress, last_committed_checkpoint
@@ -185,7 +185,7 @@ def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTCon
                             final_validation_loss=final_eval["eval_loss"], train_loss=result.training_loss,
                             steps=trainer.state.global_step, tokens_seen=trainer.state.num_input_tokens_seen,
                             tokens_per_second=throughput.tokens_per_second(trainer.state),
-                            peak_memory_mb=peak_memory_mb(), bf16=args.bf16, processes=args.world_size,
+                            **peak_memory(), bf16=args.bf16, processes=args.world_size,
                             deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
     if not trainer.is_world_process_zero():
         return trainer, manifest
@@ -233,7 +233,8 @@ def merge_into_base(model_path: str, adapter_dir: Path, cfg: SFTConfig, target: 
     if cfg.method == "full":
         raise CodeliftError("--merge applies to adapters; full fine-tuning already wrote a plain model folder.")
     quantization = quantization_config(cfg.method)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization,
+                                                trust_remote_code=trust_remote_code())
     if quantization is not None:
         base = base.dequantize().to(torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
