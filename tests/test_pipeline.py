@@ -249,7 +249,7 @@ def test_a_setting_added_later_keeps_old_fingerprints_at_its_default():
 
 
 def test_a_nested_setting_added_later_keeps_old_fingerprints_at_its_default():
-    """plan.generate.direction (nested) and plan.deterministic came after plan stages were made: at their
+    """plan.generate.direction (nested), plan.deterministic and plan.compare_forward came after plan stages were made: at their
     defaults they are left out too."""
     import hashlib
 
@@ -257,7 +257,7 @@ def test_a_nested_setting_added_later_keeps_old_fingerprints_at_its_default():
     from codelift.pipeline import stage_fingerprint
 
     before = PlanStage().model_dump(mode="json", exclude={"report_to"})
-    del before["generate"]["direction"], before["deterministic"]  # both came later
+    del before["generate"]["direction"], before["deterministic"], before["compare_forward"]  # all came later
     made_before = hashlib.sha256(json.dumps(["plan", before, []]).encode()).hexdigest()[:16]
     assert stage_fingerprint("plan", PlanStage()) == made_before
     forward = PlanStage(generate=PlanGenerateConfig(direction="forward"))
@@ -325,3 +325,24 @@ def test_the_chain_of_thought_row_is_the_final_student_asked_to_plan_and_weighed
     assert rows["kd+cot"].mode == "cot" and rows["kd+cot"].vs == "kd" and rows["kd+cot"].model == rows["kd"].model
     assert "kd+cot" not in {v.name for v in ablation_variants(EvalStage(), stage("teacher"), stage("student"), off,
                                                               stage("distill"), off, off)}
+
+
+def test_the_forward_plan_row_is_weighed_against_the_backward_plan_row(tmp_path):
+    """CodePLAN's comparison: the student trained on forward plans (the teacher never saw the solution)."""
+    from codelift.config import EvalStage
+    from codelift.pipeline import Stage, ablation_variants
+
+    def stage(name):
+        return Stage(name, tmp_path / name, {"model": str(tmp_path / name / "merged")}, "fp")
+
+    off = Stage("off", tmp_path, {}, "fp", ran=False)
+    variants = ablation_variants(EvalStage(teacher=False), stage("teacher"), stage("student"), stage("sft"), off,
+                                 stage("plan"), off, stage("plan-forward"))
+    rows = {v.name: v for v in variants}
+    assert list(rows) == ["base", "sft", "sft+plan", "sft+forward-plan"]
+    forward = rows["sft+forward-plan"]
+    assert forward.vs == "sft+plan" and forward.mode == "plan" and forward.model.endswith("plan-forward/merged")
+    plans = tmp_path / "plans.jsonl"  # given plans need no teacher; forward ones do
+    plans.write_text("")
+    with pytest.raises(CodeliftError, match="forward plans are written by the teacher"):
+        check_run(RunConfig(plan={"enabled": True, "compare_forward": True, "plans_file": str(plans)}), None)

@@ -188,6 +188,9 @@ class PlanStage(PlanConfig):
     generate: PlanGenerateConfig = PlanGenerateConfig()
     generation_backend: Literal["hf", "vllm"] = "hf"  # how the teacher writes and verifies plans
     plans_file: str | None = None  # plans written before (`plan generate`, e.g. by a stronger endpoint): no teacher
+    # also train a student on forward plans (the teacher plans from the problem alone), as CodePLAN
+    # compares against backward ones: a "+forward-plan" row weighed against the "+plan" row
+    compare_forward: bool = Field(False, json_schema_extra=ADDED_LATER)
 
 
 class RagStage(BaseModel):

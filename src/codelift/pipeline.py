@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -47,20 +48,35 @@ def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, con
     write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
     models = train_models(cfg, stages)
     index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
-    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models, index)
+    compared = [models.forward_plan] if models.forward_plan.ran else []  # so earlier eval folders still resume
+    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models[:5], index, *compared)
     return json.loads(Path(evaluation.outputs["ablation"]).read_text())
 
 
-def train_models(cfg: RunConfig, stages: Stages) -> tuple[Stage, ...]:
-    """The stages that make models: (teacher, student, sft, kd, plan); a stage that is off hands on
-    its input, so the last one always holds the final student."""
+class Models(NamedTuple):
+    """The stages that make models; a stage that is off hands on its input, so `plan` always holds the
+    final student. `forward_plan` is plan distillation on forward plans (CodePLAN's baseline), beside it."""
+
+    teacher: Stage
+    student: Stage
+    sft: Stage
+    kd: Stage
+    plan: Stage
+    forward_plan: Stage
+
+
+def train_models(cfg: RunConfig, stages: Stages) -> Models:
     data = stages.run("data", prepare_data, cfg.data)
     teacher = stages.run("teacher", make_teacher, cfg.teacher, data, enabled=cfg.teacher.model is not None)
     student = stages.run("student", make_student, cfg.student, teacher)
     sft = stages.run("sft", fine_tune, cfg.sft, student, data, enabled=cfg.sft.enabled)
     kd = stages.run("distill", distill, cfg.distill, sft, teacher, data, enabled=cfg.distill.enabled)
     plan = stages.run("plan", plan_distill, cfg.plan, kd, teacher, data, enabled=cfg.plan.enabled)
-    return teacher, student, sft, kd, plan
+    forward = cfg.plan.model_copy(update={"generate": cfg.plan.generate.model_copy(update={"direction": "forward"}),
+                                          "plans_file": None, "compare_forward": False})
+    forward_plan = stages.run("plan-forward", plan_distill, forward, kd, teacher, data,
+                              enabled=cfg.plan.enabled and cfg.plan.compare_forward)
+    return Models(teacher, student, sft, kd, plan, forward_plan)
 
 
 # --- Validation of the whole run, before any work ------------------------------------------------
@@ -77,6 +93,8 @@ def check_run(cfg: RunConfig, data_dir: Path | None) -> None:
     if cfg.plan.enabled and cfg.plan.plans_file and not Path(cfg.plan.plans_file).is_file():
         raise CodeliftError(f"plan.plans_file: '{cfg.plan.plans_file}': file not found; expected the plans JSONL "
                             f"that `codelift plan generate` writes.")
+    if cfg.plan.enabled and cfg.plan.compare_forward and cfg.teacher.model is None:
+        raise CodeliftError("plan.compare_forward: forward plans are written by the teacher; set teacher.model.")
     logit_kd = cfg.distill.enabled and cfg.distill.mode != "sequence"  # sequence KD learns from text
     needs_same_tokenizer = logit_kd or (cfg.eval.kl_to_teacher and cfg.teacher.model is not None)
     if needs_same_tokenizer and cfg.student.keep_layers is None:
@@ -333,11 +351,11 @@ def build_knowledge_index(folder: Path, settings, *, ctx: RunContext) -> dict:
 
 
 def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
-                      plan: Stage, index: Stage, *, ctx: RunContext) -> dict:
+                      plan: Stage, index: Stage, forward_plan: Stage | None = None, *, ctx: RunContext) -> dict:
     """Every variant on every benchmark with one harness; then the ablation table. The evaluations
     of one model (its benchmarks, its +select and +rag rows) share one generator, so a vLLM engine
     starts once per model rather than once per row and benchmark."""
-    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index)
+    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index, forward_plan)
     pending = [(variant, benchmark) for variant in variants for benchmark in settings.benchmarks
                if not (variant_folder(folder, variant.name, benchmark) / "summary.json").is_file()]
     for model in dict.fromkeys(variant.model for variant, _ in pending):
@@ -386,11 +404,12 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
 
 
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
-                      index: Stage) -> list[Variant]:
+                      index: Stage, forward_plan: Stage | None = None) -> list[Variant]:
     """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
     sft+kd), that student choosing among samples by their visible tests (eval.candidates), asked to
     plan then code in one answer (eval.chain_of_thought), with retrieval; the plan-trained student with plan sampling, and with
-    retrieval too (everything combined); the teacher. Each row is compared with the one it adds
+    retrieval too (everything combined), and the student trained on forward plans instead
+    (plan.compare_forward); the teacher. Each row is compared with the one it adds
     a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
     for stage, tag in ((sft, "sft"), (kd, "kd")):
@@ -411,6 +430,9 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
         variants.append(planned)
         if index.ran:
             variants.append(Variant(f"{planned.name}+rag", planned.model, mode="plan", **with_rag))
+        if forward_plan is not None and forward_plan.ran:  # CodePLAN's comparison: plans without the solution
+            variants.append(Variant(extended(trained.name, "forward-plan"), forward_plan.outputs["model"], mode="plan",
+                                    stage=forward_plan.name, cost=forward_plan.cost, vs=planned.name))
     if teacher.ran and settings.teacher:
         variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost,
                                 vs=trained.name))

@@ -132,7 +132,7 @@ def train_and_score(cfg: RunConfig, settings: dict, out: Path, number: int, roun
     began = time.monotonic()
     round_cfg = with_settings(cfg, settings)
     stages = Stages(out / "stages", RunContext(data_dir, round_cfg.report_to, console), keyed=True)
-    final = train_models(round_cfg, stages)[-1]
+    final = train_models(round_cfg, stages).plan
     scoring = eval_config(round_cfg.eval, final.outputs["model"], round_cfg.data.validation,
                           limit=round_cfg.tune.limit or round_cfg.eval.limit, codebleu=round_cfg.tune.metric == "codebleu")
     summary = evaluate_model(scoring, out / f"round-{number:02d}", data_dir=data_dir)
