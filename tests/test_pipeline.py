@@ -346,3 +346,16 @@ def test_the_forward_plan_row_is_weighed_against_the_backward_plan_row(tmp_path)
     plans.write_text("")
     with pytest.raises(CodeliftError, match="forward plans are written by the teacher"):
         check_run(RunConfig(plan={"enabled": True, "compare_forward": True, "plans_file": str(plans)}), None)
+
+
+def test_the_run_indexes_instruction_only_documents_when_asked(data_dir, tmp_path):
+    from rich.console import Console
+
+    from codelift.config import RagStage
+    from codelift.pipeline import RunContext, build_knowledge_index
+
+    outputs = build_knowledge_index(tmp_path, RagStage(knowledge_base=["mbpp:prompt"], index="flat",
+                                                       document="instruction"),
+                                    ctx=RunContext(data_dir, "none", Console(quiet=True)))
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["document"] == "instruction"
+    assert outputs["index"] == str(tmp_path / "index")

@@ -132,3 +132,10 @@ def test_benchmarks_pool_into_one_table_whose_paired_test_sees_every_problem(run
     assert pooled[1]["codebleu"] == pytest.approx(ablation["benchmarks"]["again"][1]["codebleu"])
     assert "mbpp:validation + again pooled" not in findings({"benchmarks": ablation["benchmarks"]})
     assert "On mbpp:validation + again pooled, the best student variant is sft" in findings(ablation)
+
+
+def test_em_at_k_is_read_at_the_largest_k_the_samples_allow():
+    from codelift.evaluate.ablation import largest_em_at_k
+
+    assert largest_em_at_k({"em@1": 0.1, "em@5": 0.3, "em@10": 0.4, "em@20": None}) == (10, 0.4)
+    assert largest_em_at_k({"em@1": 0.1, "exact_match": 0.1}) is None

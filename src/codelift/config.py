@@ -202,6 +202,9 @@ class RagStage(BaseModel):
     knowledge_base: list[str] = ["mbpp:train,prompt"]
     index: Literal["hnsw", "flat", "ivf"] = "hnsw"
     embedder: str | None = None  # default: the packaged all-MiniLM-L6-v2
+    # what is embedded per task: full (problem, function name, code) or instruction (the problem alone,
+    # the PEFT study's instruction-only documents)
+    document: Literal["full", "instruction"] = Field("full", json_schema_extra=ADDED_LATER)
 
 
 class EvalStage(BaseModel):

@@ -346,7 +346,7 @@ def tracked(settings: BaseModel, report_to: str) -> BaseModel:
 
 def build_knowledge_index(folder: Path, settings, *, ctx: RunContext) -> dict:
     build_index(load_sources(settings.knowledge_base, ctx.data_dir), folder / "index", embedder=settings.embedder,
-                kind=settings.index)
+                kind=settings.index, document=settings.document)
     return {"index": str(folder / "index")}
 
 

@@ -22,7 +22,7 @@ from codelift.io import atomic_path, read_jsonl
 
 STAGE_ORDER = ("data", "teacher", "student", "sft", "distill", "plan", "index", "eval")
 TRAINING_STAGES = ("teacher", "sft", "distill", "plan")
-COLUMNS = ("variant", "pass@1 [CI]", "vs", "syntax valid", "tests passed", "CodeBLEU", "KL to teacher",
+COLUMNS = ("variant", "pass@1 [CI]", "vs", "EM", "EM@k", "syntax valid", "tests passed", "CodeBLEU", "KL to teacher",
            "parameters", "stage time", "stage peak memory")
 
 
@@ -133,8 +133,9 @@ def ablation_cells(row: dict) -> list[str]:
         score += f" filtered, {row['sample_budget']}"
     if row.get("by_difficulty"):  # APPS: the same score per level
         score += " (" + ", ".join(f"{level} {value:.3f}" for level, value in row["by_difficulty"].items()) + ")"
-    return [row["variant"], score, vs,
-            number(row["syntax_valid"]), number(row["avg_tests_passed"]), number(row["codebleu"]),
+    em_at_k = row.get("em_at_k")
+    return [row["variant"], score, vs, number(row.get("exact_match")),
+            f"{em_at_k[1]:.3f} (k={em_at_k[0]})" if em_at_k else "-", number(row["syntax_valid"]), number(row["avg_tests_passed"]), number(row["codebleu"]),
             number(row["kl_to_teacher"]), f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "-",
             f"{row['stage']} {row['stage_wall_seconds']:.0f} s" if row["stage_wall_seconds"] is not None else "-",
             memory(row["stage_peak_memory_mb"], row.get("stage_peak_gpu_memory_mb"))]

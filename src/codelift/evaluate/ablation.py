@@ -11,7 +11,7 @@ from pathlib import Path
 from codelift.evaluate.stats import bootstrap_interval, paired_comparison, problem_scores
 from codelift.io import read_jsonl
 
-METRICS = ("pass@1", "syntax_valid", "avg_tests_passed", "codebleu", "kl_to_teacher")
+METRICS = ("pass@1", "exact_match", "syntax_valid", "avg_tests_passed", "codebleu", "kl_to_teacher")
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,16 @@ def variant_row(variant: Variant, folder: Path, resamples: int, confidence: floa
             "stage_wall_seconds": variant.cost.get("wall_seconds"),
             "stage_peak_memory_mb": variant.cost.get("peak_memory_mb"),
             "stage_peak_gpu_memory_mb": variant.cost.get("peak_gpu_memory_mb"),
-            "eval_wall_seconds": summary.get("wall_seconds"), "scores": scores,
+            "eval_wall_seconds": summary.get("wall_seconds"), "scores": scores, "em_at_k": largest_em_at_k(summary),
             "by_difficulty": {level: part.get("filtered_pass@1", part.get("pass@1"))
                               for level, part in summary.get("by_difficulty", {}).items()}}
+
+
+def largest_em_at_k(summary: dict) -> tuple[int, float] | None:
+    """(k, EM@k) for the largest k > 1 the row's samples allow (the PEFT study reads EM@10), else None."""
+    found = [(int(key.removeprefix("em@")), value) for key, value in summary.items()
+             if key.startswith("em@") and value is not None and key != "em@1"]
+    return max(found) if found else None
 
 
 def count_parameters(model: str) -> int | None:
