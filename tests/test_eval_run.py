@@ -171,3 +171,36 @@ def test_chain_of_thought_asks_for_a_plan_then_the_code_in_one_answer(tiny_model
     assert sent[0] == chain_of_thought_prompt(task, "chat", generator.tokenizer) != plain
     assert COT_REQUEST in sent[0] and sent[0].replace(f"\n\n{COT_REQUEST}", "") == plain
     assert summary["mode"] == "cot" and summary["tasks"] == 3 and summary["prompt_format"] == "chat"
+
+
+def test_beams_are_the_samples_best_first_and_distinct(tiny_model_dir, tmp_path):
+    """Beam search as the PEFT study read EM@10 / pass@10: B beams per problem, B samples in the summary."""
+    from codelift.generate import make_generator
+
+    with make_generator(str(tiny_model_dir), "hf", progress=False) as generator:
+        [beams] = generator.beam_search(["def add(a, b):"], beams=3, max_new_tokens=6)
+        [greedy] = generator.generate(["def add(a, b):"], max_new_tokens=6)
+    assert len(beams.completions) == 3 == len(set(beams.completions))
+    assert beams.mean_logprobs == sorted(beams.mean_logprobs, reverse=True)
+    assert beams.completions[0] == greedy.completions[0] or beams.mean_logprobs[0] >= greedy.mean_logprobs[0]
+    summary = evaluate_model(config(tiny_model_dir, num_beams=3, k=[1, 3], mode="plain"), tmp_path / "beams")
+    assert summary["samples"] == 9 and summary["em@3"] is not None and summary["pass@3"] is not None
+    with pytest.raises(CodeliftError, match="expected 2 or more beams"):
+        evaluate_model(config(tiny_model_dir, num_beams=3, temperature=0.8), tmp_path / "bad")
+
+
+def test_an_examples_sweep_runs_one_evaluation_per_count_and_plots_them(tiny_model_dir, data_dir, tmp_path):
+    from codelift.rag import build_index
+
+    build_index(load_tasks("mbpp", "prompt", data_dir=data_dir), tmp_path / "index", kind="flat", progress=False)
+    result = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--benchmark", "mbpp", "--split", "validation",
+                                      "--data-dir", str(data_dir), "--limit", "2", "--max-new-tokens", "4",
+                                      "--context", "icl", "--index", str(tmp_path / "index"), "--examples", "0,2",
+                                      "--out", str(tmp_path / "sweep"), "--no-codebleu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["examples"] for r in rows] == [0, 2] and all(0 <= r["pass@1"] <= 1 for r in rows)
+    no_context = [json.loads(line) for line in lines(tmp_path / "sweep" / "examples-0" / "samples.jsonl")]
+    with_two = [json.loads(line) for line in lines(tmp_path / "sweep" / "examples-2" / "samples.jsonl")]
+    assert all(r["context_ids"] == [] for r in no_context) and all(len(r["context_ids"]) == 2 for r in with_two)
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -344,6 +344,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              candidates: Annotated[int, typer.Option(help="Sample this many programs per problem (at --temperature) and keep the one chosen on the visible tests; reported as filtered pass@1 with its budget.")] = 0,
              repairs: Annotated[int, typer.Option(help="With --candidates: where no candidate passes the visible tests, send this many back to the model with the failing test and what the call returned; the repairs join the candidates (budget: candidates + repairs).")] = 0,
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
+             num_beams: Annotated[int, typer.Option(help="Beam search with this many beams, which are the samples (so --k 10 with 10 beams reads pass@10 and EM@10 as the PEFT study did).")] = 0,
              k: Annotated[str, typer.Option(help="pass@k values, comma-separated.")] = "1",
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
@@ -353,7 +354,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
              kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None,
              context: Annotated[str, typer.Option(help="Prompt context: none, icl (random examples) or rag (retrieved).")] = "none",
-             examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
+             examples: Annotated[str, typer.Option(help="How many ICL examples or RAG hits (1-16); a list such as 0,1,2,4,8,16 runs one evaluation per value into OUT/examples-N and plots score against examples.")] = "3",
              index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
              api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
@@ -366,10 +367,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
 
     if mode not in MODES:
         raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
-    try:
-        ks = [int(v) for v in k.split(",")]
-    except ValueError:
-        raise CodeliftError(f"--k '{k}': expected comma-separated integers such as 1,10.") from None
+    ks, counts = _integers(k, "--k", "1,10"), _integers(examples, "--examples", "0,1,2,4,8,16")
     if samples is not None:
         summary = score_file(samples, benchmark, split, out, k=ks, timeout=timeout, codebleu=codebleu, data_dir=data_dir)
     elif model is None:
@@ -378,16 +376,40 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
         cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
                          temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
-                         context=context, examples=examples, index=index, backend=backend, dtype=dtype,
+                         context=context, index=index, backend=backend, dtype=dtype,
                          endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
                          tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
                          plan_temperature=plan_temperature, candidates=candidates, repairs=repairs,
-                         prompt_format=prompt_format)
+                         prompt_format=prompt_format, num_beams=num_beams, examples=counts[0])
+        if len(counts) > 1:
+            return _examples_sweep(cfg, counts, out, data_dir)
         summary = evaluate_model(cfg, out, data_dir=data_dir)
     verdicts = summary.pop("verdicts")
     console.print(_table(f"{benchmark} -> {out}", {key: round(v, 4) if isinstance(v, float) else v
                                                     for key, v in summary.items() if v is not None}))
     console.print("verdicts: " + ", ".join(f"{name} {count}" for name, count in verdicts.items()))
+
+
+def _integers(text: str, option: str, example: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CodeliftError(f"{option} '{text}': expected comma-separated integers such as {example}.") from None
+
+
+def _examples_sweep(cfg, counts: list[int], out: Path, data_dir) -> None:
+    """One evaluation per number of examples (0: no context), their scores in a table, sweep.json and a plot."""
+    from codelift.evaluate.run import examples_sweep
+    from codelift.report import sweep_plot
+
+    rows = examples_sweep(cfg, counts, out, data_dir=data_dir)
+    (out / "sweep.png").write_bytes(sweep_plot(rows, f"{cfg.model} on {cfg.benchmark} ({cfg.context})"))
+    table = Table(title=f"{cfg.context} examples -> {out}")
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
 
 
 @app.command()

@@ -266,6 +266,19 @@ def score_bars(ablation: dict) -> bytes:
     return _png(fig)
 
 
+def sweep_plot(rows: list[dict], title: str) -> bytes:
+    """Each score against the number of prompt examples (the PEFT study's ICL/RAG figure)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = [row["examples"] for row in rows]
+    for metric in (key for key in rows[0] if key != "examples"):
+        if all(row[metric] is not None for row in rows):
+            ax.plot(counts, [row[metric] for row in rows], marker="o", label=metric)
+    ax.set(title=title, xlabel="examples in the prompt", ylabel="score", ylim=(0, 1), xticks=counts)
+    ax.legend()
+    return _png(fig)
+
+
 def solved_grid(ablation: dict) -> bytes:
     import numpy as np
     from matplotlib.colors import ListedColormap

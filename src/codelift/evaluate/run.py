@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.progress import track
@@ -68,6 +68,7 @@ class EvalConfig:
     codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
     plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
     candidates: int = 0  # > 1: sample this many programs per problem, keep the one chosen on the visible tests
+    num_beams: int = 0  # > 1: beam search, the beams as the samples (EM@k and pass@k read off them)
     repairs: int = 0  # with candidates: where none passes the visible tests, repair this many with the test's outcome
     prompt_format: str | None = None  # --mode plan: the format the student was trained in (None: its default)
 
@@ -116,6 +117,10 @@ def check_strategy(cfg: EvalConfig) -> None:
     if cfg.repairs < 0 or (cfg.repairs and not cfg.candidates):
         raise CodeliftError(f"--repairs {cfg.repairs}: expected 0 (off), or 1 and more with --candidates (repairs are "
                             f"made of the candidates that fail their visible tests).")
+    if cfg.num_beams and (cfg.num_beams == 1 or cfg.candidates or cfg.mode == "plan" or cfg.n_samples > 1
+                          or cfg.temperature):
+        raise CodeliftError(f"--num-beams {cfg.num_beams}: expected 2 or more beams, which are the samples, without "
+                            f"--candidates, --mode plan, --n-samples or a sampling temperature.")
     if cfg.candidates and (cfg.mode == "plan" or cfg.n_samples > 1):
         raise CodeliftError("--candidates samples its own programs: use it without --mode plan and --n-samples.")
 
@@ -175,11 +180,15 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
 
 def sampled_rows(generator, tasks: list[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
     """n samples per task of the task's own prompt (`cfg.candidates` of them for selection)."""
-    n = cfg.candidates or cfg.n_samples
     render = chain_of_thought_prompt if cfg.mode == "cot" else render_prompt
     prompts = [render(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
-    results = generator.generate(prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 stop=prompt_stop(fmt), seed=seed)
+    if cfg.num_beams:
+        n = cfg.num_beams
+        results = generator.beam_search(prompts, beams=n, max_new_tokens=cfg.max_new_tokens, stop=prompt_stop(fmt))
+    else:
+        n = cfg.candidates or cfg.n_samples
+        results = generator.generate(prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                     stop=prompt_stop(fmt), seed=seed)
     return [{"task_id": task.task_id, "sample": i, "raw": text, "completion": text if fmt == "raw" else extract_code(text),
              "generation_seconds": round(result.seconds / n, 4), "new_tokens": result.token_counts[i],
              "mean_logprob": result.mean_logprobs[i]}
@@ -233,6 +242,21 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
     write_json(out / "summary.json", summary)
     write_json(out / "run.json", run_manifest(asdict(cfg), stage="eval"))
     return summary
+
+
+def examples_sweep(cfg: EvalConfig, counts: list[int], out: Path, *, data_dir=None) -> list[dict]:
+    """The PEFT study's ICL/RAG curve: one evaluation per number of examples into out/examples-N
+    (0: the same prompts without context), each resumable; rows of scores also in out/sweep.json."""
+    if cfg.context == "none":
+        raise CodeliftError("--examples with several values sweeps a prompt context: give --context icl or rag.")
+    rows = []
+    for count in counts:
+        run = replace(cfg, examples=count, context=cfg.context if count else "none")
+        summary = evaluate_model(run, out / f"examples-{count}", data_dir=data_dir)
+        rows.append({"examples": count, **{key: summary.get(key) for key in (*(f"pass@{k}" for k in cfg.k),
+                                                                            "exact_match", "codebleu")}})
+    write_json(out / "sweep.json", rows)
+    return rows
 
 
 def teacher_kl(student_name: str, teacher_name: str, tasks: list[Task]) -> float:

@@ -140,6 +140,12 @@ class Generator:
                  top_p: float = 0.95, stop: Sequence[str] = (), seed: int = 42) -> list[Generation]:
         raise NotImplementedError
 
+    def beam_search(self, prompts: Sequence[str], *, beams: int, max_new_tokens: int = 256,
+                    stop: Sequence[str] = ()) -> list[Generation]:
+        """The `beams` best beams of each prompt as its completions, best first (the PEFT study reads
+        EM@10 and pass@10 off 10 beams); mean_logprobs are the beams' length-normalised scores."""
+        raise CodeliftError(f"the {self.backend} backend has no beam search; use --backend hf or vllm.")
+
     def close(self) -> None:
         pass
 

@@ -161,5 +161,25 @@ class HFGenerator(Generator):
                         temperature=temperature, top_p=top_p, stop=stop, seed=seed, batch_size=self.batch_size,
                         progress=self.progress)
 
+    def beam_search(self, prompts: Sequence[str], *, beams: int, max_new_tokens: int = 256,
+                    stop: Sequence[str] = ()) -> list[Generation]:
+        """One prompt at a time (its beams are the batch), through transformers' own beam search."""
+        check_sampling(beams, max_new_tokens, 0.0, 1.0)
+        results = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], device=self.model.device)
+            began = time.perf_counter()
+            with torch.no_grad():
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=beams,
+                                          num_return_sequences=beams, do_sample=False, max_new_tokens=max_new_tokens,
+                                          output_scores=True, return_dict_in_generate=True,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            new = [[t for t in row.tolist() if t != self.tokenizer.pad_token_id] for row in out.sequences[:, ids.shape[1]:]]
+            new = [row[:-1] if row and row[-1] == self.tokenizer.eos_token_id else row for row in new]
+            texts = [truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop) for row in new]
+            results.append(Generation(prompt, texts, [len(row) for row in new], time.perf_counter() - began,
+                                      [float(score) for score in out.sequences_scores]))
+        return results
+
     def close(self) -> None:
         self.model = None

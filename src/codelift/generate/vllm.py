@@ -124,6 +124,27 @@ class VLLMGenerator(Generator):
                  for c in output.outputs]))
         return results
 
+    def beam_search(self, prompts: Sequence[str], *, beams: int, max_new_tokens: int = 256,
+                    stop: Sequence[str] = ()) -> list[Generation]:
+        from vllm.sampling_params import BeamSearchParams
+
+        check_sampling(beams, max_new_tokens, 0.0, 1.0)
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
+        began = time.perf_counter()
+        outputs = self.llm.beam_search([{"prompt_token_ids": ids} for ids in encoded],
+                                       BeamSearchParams(beam_width=beams, max_tokens=max_new_tokens))
+        share = (time.perf_counter() - began) / max(len(prompts), 1)
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, ids, output in zip(prompts, encoded, outputs):
+            new = [seq.tokens[len(ids):] for seq in output.sequences]  # a beam's tokens start with its prompt's
+            new = [row[:-1] if row and row[-1] == eos else row for row in new]
+            results.append(Generation(
+                prompt, [truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop) for row in new],
+                [len(row) for row in new], share,
+                [seq.cum_logprob / max(len(row), 1) for seq, row in zip(output.sequences, new)]))
+        return results
+
     def close(self) -> None:
         engine = getattr(getattr(self, "llm", None), "llm_engine", None)
         if engine is not None and hasattr(engine.engine_core, "shutdown"):
