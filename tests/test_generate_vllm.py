@@ -40,6 +40,17 @@ def test_vllm_greedy_matches_hf(engine, vllm_model_dir):
     assert engine.context_length == 512 and engine.tokenizer is not None
 
 
+def test_vllm_beams_match_hf_beams(engine, vllm_model_dir):
+    """The same beam search behind both backends: the same beams, best first, with their scores."""
+    with make_generator(str(vllm_model_dir), "hf", dtype="float32", progress=False) as hf:
+        expected = hf.beam_search(PROMPTS[:2], beams=3, max_new_tokens=6)
+    results = engine.beam_search(PROMPTS[:2], beams=3, max_new_tokens=6)
+    for got, want in zip(results, expected):
+        assert got.completions == want.completions and got.token_counts == want.token_counts
+        assert got.mean_logprobs == pytest.approx(want.mean_logprobs, abs=1e-3)
+        assert got.mean_logprobs == sorted(got.mean_logprobs, reverse=True)
+
+
 def test_vllm_samples_n_and_cuts_at_stop(engine):
     [sampled] = engine.generate(PROMPTS[:1], n=3, max_new_tokens=6, temperature=1.0, seed=1)
     assert len(sampled.completions) == 3 and len(sampled.token_counts) == 3
