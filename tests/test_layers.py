@@ -9,7 +9,7 @@ import codelift
 # bottom to top; a module may import its own layer and the ones below it
 LAYERS = [
     ["codelift.errors"],
-    ["codelift.io", "codelift.hardware"],
+    ["codelift.io", "codelift.hardware", "codelift.plots"],
     ["codelift.config"],
     ["codelift.data"],
     ["codelift.models"],

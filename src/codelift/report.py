@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from codelift.errors import CodeliftError
 from codelift.io import atomic_path, read_jsonl
+from codelift.plots import curves, png, pyplot
 
 STAGE_ORDER = ("data", "teacher", "student", "sft", "distill", "plan", "index", "eval")
 TRAINING_STAGES = ("teacher", "sft", "distill", "plan")
@@ -40,9 +40,11 @@ def write_report(run_dir: Path) -> Path:
     for name, folder in stages.items():
         history = [row for _, row in read_jsonl(folder / "metrics.jsonl")] if (folder / "metrics.jsonl").is_file() else []
         if name in TRAINING_STAGES and any("loss" in row or "eval_loss" in row for row in history):
-            figures[f"{name}-loss"] = loss_curves(history, f"{name}: training and validation loss")
+            figures[f"{name}-loss"] = curves(history, {"loss": "train", "eval_loss": "validation"},
+                                             f"{name}: training and validation loss")
         if any("kd_loss" in row for row in history):
-            figures[f"{name}-kd"] = kd_curves(history, f"{name}: distillation loss terms")
+            figures[f"{name}-kd"] = curves(history, {key: key for key in ("kd_loss", "ce_loss", "eval_kd_loss")},
+                                           f"{name}: distillation loss terms")
         if (folder / "kl.png").is_file():  # the distill stage's held-out KL before and after
             figures[f"{name}-kl"] = (folder / "kl.png").read_bytes()
     images = run_dir / "report"
@@ -234,25 +236,8 @@ def print_ablation(ablation: dict, console: Console) -> None:
 
 # --- Plots ---------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
 def score_bars(ablation: dict) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     benchmarks = ablation["benchmarks"]
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(max(6, 1.3 * len(next(iter(benchmarks.values())))) *
                                                           len(benchmarks), 4), squeeze=False)
@@ -263,12 +248,12 @@ def score_bars(ablation: dict) -> bytes:
         ax.bar([r["variant"] for r in rows], values, yerr=errors, capsize=4, color=colors)
         ax.set(title=benchmark, ylabel="pass@1", ylim=(0, 1))
         ax.tick_params(axis="x", rotation=30)
-    return _png(fig)
+    return png(fig)
 
 
 def sweep_plot(rows: list[dict], title: str) -> bytes:
     """Each score against the number of prompt examples (the PEFT study's ICL/RAG figure)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     counts = [row["examples"] for row in rows]
     for metric in (key for key in rows[0] if key != "examples"):
@@ -276,14 +261,14 @@ def sweep_plot(rows: list[dict], title: str) -> bytes:
             ax.plot(counts, [row[metric] for row in rows], marker="o", label=metric)
     ax.set(title=title, xlabel="examples in the prompt", ylabel="score", ylim=(0, 1), xticks=counts)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def solved_grid(ablation: dict) -> bytes:
     import numpy as np
     from matplotlib.colors import ListedColormap
 
-    plt = _pyplot()
+    plt = pyplot()
     benchmarks = ablation["benchmarks"]
     fig, axes = plt.subplots(len(benchmarks), 1, squeeze=False, figsize=(
         min(18, 3 + 0.12 * max(len(rows[0]["scores"]) for rows in benchmarks.values())),
@@ -299,30 +284,4 @@ def solved_grid(ablation: dict) -> bytes:
         ax.set_xticks(range(0, len(problems), step), [p.split("/")[-1] for p in problems[::step]], rotation=90,
                       fontsize=7)
         ax.set_title(f"{benchmark}: solved problems", fontsize=10)
-    return _png(fig)
-
-
-def loss_curves(history: list[dict], title: str) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    validation = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if train:
-        ax.plot(*zip(*train), label="train")
-    if validation:
-        ax.plot(*zip(*validation), marker="o", label="validation")
-    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
-    ax.legend()
-    return _png(fig)
-
-
-def kd_curves(history: list[dict], title: str) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for key in ("kd_loss", "ce_loss", "eval_kd_loss"):
-        points = [(h["step"], h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points), label=key, marker="o" if key.startswith("eval") else None)
-    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
-    ax.legend()
-    return _png(fig)
+    return png(fig)

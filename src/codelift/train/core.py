@@ -24,7 +24,8 @@ from codelift.config import SFTConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
 from codelift.hardware import fast_bf16, peak_memory
-from codelift.io import atomic_path, run_manifest, trust_remote_code, write_jsonl
+from codelift.io import atomic_path, run_manifest, trust_remote_code, write_bytes, write_jsonl
+from codelift.plots import curves
 from codelift.models.adapters import parameter_counts
 from codelift.prompts import default_format
 from codelift.train.callbacks import CommitCheckpoints, Throughput, TrainingProgress, last_committed_checkpoint
@@ -197,8 +198,8 @@ def fit(stage: str, model, tokenizer, train_set, val_set, out: Path, cfg: SFTCon
         merge_into_base(merge_base, weights_dir, cfg, out / "merged", tokenizer)
     history = trainer.state.log_history
     write_jsonl(out / "metrics.jsonl", history)
-    plot_curves(history, out / "loss.png", {"loss": "train loss", "eval_loss": "validation loss"},
-                title=title or f"{stage} ({cfg.method})", ylabel="loss (response tokens)")
+    write_bytes(out / "loss.png", curves(history, {"loss": "train loss", "eval_loss": "validation loss"},
+                                         title or f"{stage} ({cfg.method})", "loss (response tokens)"))
     return trainer, manifest
 
 
@@ -241,27 +242,3 @@ def merge_into_base(model_path: str, adapter_dir: Path, cfg: SFTConfig, target: 
     with atomic_path(target, is_dir=True) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-
-
-def plot_curves(history: list[dict], path: Path, series: dict[str, str], title: str, ylabel: str,
-                marks: dict[str, float] | None = None) -> None:
-    """Plot each `series` key of the logged history against the optimizer step; `marks` adds
-    labelled horizontal reference lines (e.g. held-out KL before and after training)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in series.items():
-        points = [(h["step"], h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points), label=label, marker="o" if key.startswith("eval") else None)
-    for (label, value), style in zip((marks or {}).items(), ("--", ":", "-.")):
-        ax.axhline(value, linestyle=style, color="gray", label=f"{label} ({value:.3f})")
-    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -25,7 +25,7 @@ from codelift.errors import CodeliftError
 from codelift.io import write_json
 from codelift.models.adapters import load_for_training
 from codelift.models.load import check_same_vocabulary, load_model, load_tokenizer, prepare_model
-from codelift.train.core import ExampleCollator, fit, plot_curves, training_sets, use_bf16, with_prompt_format
+from codelift.train.core import ExampleCollator, fit, training_sets, use_bf16, with_prompt_format
 from codelift.train.losses import cached_kd_loss, logit_kd_loss
 from codelift.train.teacher_cache import TeacherCacheCollator, load_teacher_cache
 
@@ -87,9 +87,10 @@ def train_distill(teacher: str | None, student: str, data: str, out: Path, cfg: 
         return {}
     kl_after = measure_kl(trainer.model)
     kl_kind = "top-k + tail bucket estimate (a lower bound)" if teacher_cache else "exact"
-    plot_curves(trainer.state.log_history, out / "kl.png", {"kd_loss": "KD divergence (train, at T)"},
-                title=f"KD divergence; held-out KL(teacher || student), {kl_kind}", ylabel="divergence per token",
-                marks={"held-out KL before": kl_before, "held-out KL after": kl_after})
+    write_bytes(out / "kl.png", curves(trainer.state.log_history, {"kd_loss": "KD divergence (train, at T)"},
+                                       f"KD divergence; held-out KL(teacher || student), {kl_kind}",
+                                       "divergence per token",
+                                       marks={"held-out KL before": kl_before, "held-out KL after": kl_after}))
     manifest |= {"teacher": teacher_name, "teacher_cache": teacher_cache, "student": student, "data": data,
                  "validation": validation, "heldout_kl_before": kl_before, "heldout_kl_after": kl_after,
                  "heldout_kl_kind": kl_kind}
