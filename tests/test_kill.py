@@ -128,7 +128,7 @@ def test_killed_plan_generation_resumes_to_the_same_bytes(tiny_model_dir, tasks_
     assert listing(killed.parent) == listing(whole.parent)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_killed_index_build_leaves_nothing_and_rebuilds_the_same_bytes(tasks_file, tmp_path, sigkill, seed):
     """The index is written whole or not at all: killed at a seeded moment of its build (loading,
     embedding or writing), the folder is absent or complete, and the next build leaves no stray files."""

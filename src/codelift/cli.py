@@ -400,10 +400,11 @@ def _integers(text: str, option: str, example: str) -> list[int]:
 def _examples_sweep(cfg, counts: list[int], out: Path, data_dir) -> None:
     """One evaluation per number of examples (0: no context), their scores in a table, sweep.json and a plot."""
     from codelift.evaluate.run import examples_sweep
+    from codelift.io import write_bytes
     from codelift.report import sweep_plot
 
     rows = examples_sweep(cfg, counts, out, data_dir=data_dir)
-    (out / "sweep.png").write_bytes(sweep_plot(rows, f"{cfg.model} on {cfg.benchmark} ({cfg.context})"))
+    write_bytes(out / "sweep.png", sweep_plot(rows, f"{cfg.model} on {cfg.benchmark} ({cfg.context})"))
     table = Table(title=f"{cfg.context} examples -> {out}")
     for column in rows[0]:
         table.add_column(column, justify="right")

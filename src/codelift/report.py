@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codelift.errors import CodeliftError
-from codelift.io import atomic_path, read_jsonl
+from codelift.io import atomic_path, read_jsonl, write_bytes
 from codelift.plots import curves, png, pyplot
 
 STAGE_ORDER = ("data", "teacher", "student", "sft", "distill", "plan", "index", "eval")
@@ -48,9 +48,8 @@ def write_report(run_dir: Path) -> Path:
         if (folder / "kl.png").is_file():  # the distill stage's held-out KL before and after
             figures[f"{name}-kl"] = (folder / "kl.png").read_bytes()
     images = run_dir / "report"
-    for name, png in figures.items():
-        with atomic_path(images / f"{name}.png") as tmp:
-            tmp.write_bytes(png)
+    for name, image in figures.items():
+        write_bytes(images / f"{name}.png", image)
     sections = report_sections(run_dir, ablation, manifest, stages, figures)
     with atomic_path(run_dir / "report.md") as tmp:
         tmp.write_text(markdown(sections, run_dir))

@@ -22,7 +22,8 @@ from transformers import set_seed
 
 from codelift.config import DistillConfig
 from codelift.errors import CodeliftError
-from codelift.io import write_json
+from codelift.io import write_bytes, write_json
+from codelift.plots import curves
 from codelift.models.adapters import load_for_training
 from codelift.models.load import check_same_vocabulary, load_model, load_tokenizer, prepare_model
 from codelift.train.core import ExampleCollator, fit, training_sets, use_bf16, with_prompt_format
