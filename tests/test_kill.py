@@ -43,13 +43,15 @@ def tasks_file(data_dir, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("point", ["generating", "judging"])
-def test_a_killed_evaluation_resumes_to_the_same_samples(tiny_model_dir, tasks_file, tmp_path, sigkill, point):
-    """Killed after its first chunk of 64 generations, or after its first judged program. Sampled at
-    T=0.8, so the same text again means each chunk was drawn with the seed of an uninterrupted run."""
+@pytest.mark.parametrize("point, temperature", [("generating", "0"), ("judging", "0.8")])
+def test_a_killed_evaluation_resumes_to_the_same_samples(tiny_model_dir, tasks_file, tmp_path, sigkill, point,
+                                                        temperature):
+    """Killed once its first generations are logged (greedy: a kill inside a chunk's append would
+    redraw a sampled chunk's rest with other seeds), or once its first program is judged (sampled at
+    T=0.8: the same text again means the resumed run did not generate anew)."""
     def command(out: Path) -> list[str]:
         return [CODELIFT, "eval", str(tiny_model_dir), "--benchmark", str(tasks_file), "--out", str(out),
-                "--backend", "hf", "--mode", "instruct", "--max-new-tokens", "8", "--temperature", "0.8"]
+                "--backend", "hf", "--mode", "instruct", "--max-new-tokens", "8", "--temperature", temperature]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)

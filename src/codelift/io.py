@@ -159,12 +159,19 @@ def read_appended(path: Path) -> list[dict]:
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
-    """Append whole lines: if the disk fills mid-write the log is cut back to what it held, so no
-    broken line is left for the next append to follow (a reader would stop at it)."""
+    """Append whole lines in one write, so a kill lands before or after a chunk of rows, not (but for
+    the kernel's own page-by-page copy of a large write) inside it; if the disk fills mid-write the log
+    is cut back to what it held, so no broken line is left for the next append to follow."""
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
     size = path.stat().st_size if path.exists() else 0
     try:
-        with path.open("a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = 0
+            while written < len(data):  # a short write is continued, never left half a line
+                written += os.write(fd, data[written:])
+        finally:
+            os.close(fd)
     except OSError as e:
         os.truncate(path, size)
         refuse_full_disk(path, e)
