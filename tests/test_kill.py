@@ -32,6 +32,14 @@ def line_count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def committed(folder: Path) -> int:
+    return len(list(folder.glob("checkpoints/checkpoint-*/codelift-committed")))
+
+
+# Where a kill lands: after the first chunk (or checkpoint), which CI runs, or after the second (slow).
+KILL_POINTS = pytest.mark.parametrize("after", [1, pytest.param(2, marks=pytest.mark.slow)])
+
+
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -64,9 +72,10 @@ def test_a_killed_evaluation_resumes_to_the_same_samples(tiny_model_dir, tasks_f
     assert listing(killed) == listing(whole)
 
 
-def test_a_killed_distillation_resumes_to_the_same_weights(tiny_model_dir, tasks_file, tmp_path, sigkill):
-    """Logit KD with the teacher online, killed once a checkpoint is committed (the SFT and cache kills
-    are in test_sft.py and test_distill.py)."""
+@KILL_POINTS
+def test_a_killed_distillation_resumes_to_the_same_weights(tiny_model_dir, tasks_file, tmp_path, sigkill, after):
+    """Logit KD with the teacher online, killed after its first or second committed checkpoint (the SFT
+    and cache kills are in test_sft.py and test_distill.py)."""
     config = tmp_path / "kd.yaml"
     config.write_text("method: lora\nmax_steps: 10\nbatch_size: 2\nmax_length: 96\nlearning_rate: 0.01\n"
                       "eval_every_epochs: 0.05\nprompt_format: instruct\ndeterministic: true\n")
@@ -77,7 +86,7 @@ def test_a_killed_distillation_resumes_to_the_same_weights(tiny_model_dir, tasks
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
-    sigkill(command(killed), ENV, lambda: bool(list(killed.glob("checkpoints/checkpoint-*/codelift-committed"))))
+    sigkill(command(killed), ENV, lambda: committed(killed) >= after)
     assert not (killed / "adapter").exists()
     subprocess.run(command(killed), env=ENV, check=True, capture_output=True)
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
@@ -98,20 +107,23 @@ teacher_answers(sys.argv[1], load_tasks(sys.argv[2]), Path(sys.argv[3]), cfg)
 """
 
 
-def test_killed_teacher_answers_resume_to_the_same_bytes(tiny_model_dir, tasks_file, tmp_path, sigkill):
-    """Sequence KD's teacher answers, sampled two per task, killed once the first 32 tasks are logged."""
+@KILL_POINTS
+def test_killed_teacher_answers_resume_to_the_same_bytes(tiny_model_dir, tasks_file, tmp_path, sigkill, after):
+    """Sequence KD's teacher answers, sampled two per task, killed after the first or second 32 tasks
+    are logged."""
     def command(log: Path) -> list[str]:
         return [sys.executable, "-c", TEACHER_ANSWERS, str(tiny_model_dir), str(tasks_file), str(log)]
 
     whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
-    sigkill(command(killed), ENV, lambda: line_count(killed) > 1)
+    sigkill(command(killed), ENV, lambda: line_count(killed) > 1 + 32 * (after - 1))  # 32 tasks per append
     assert line_count(killed) < line_count(whole) == 1 + 72
     subprocess.run(command(killed), env=ENV, check=True, capture_output=True)
     assert killed.read_bytes() == whole.read_bytes()
 
 
-def test_killed_plan_generation_resumes_to_the_same_bytes(tiny_model_dir, tasks_file, tmp_path, sigkill):
+@KILL_POINTS
+def test_killed_plan_generation_resumes_to_the_same_bytes(tiny_model_dir, tasks_file, tmp_path, sigkill, after):
     config = tmp_path / "plans.yaml"
     config.write_text("max_plan_tokens: 8\n")
 
@@ -122,7 +134,7 @@ def test_killed_plan_generation_resumes_to_the_same_bytes(tiny_model_dir, tasks_
     whole, killed = tmp_path / "whole" / "plans.jsonl", tmp_path / "killed" / "plans.jsonl"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
     log = killed.with_name("plans.jsonl.log")
-    sigkill(command(killed), ENV, lambda: line_count(log) > 1)
+    sigkill(command(killed), ENV, lambda: line_count(log) > 1 + 16 * (after - 1))  # 16 tasks per append
     assert not killed.exists()
     subprocess.run(command(killed), env=ENV, check=True, capture_output=True)
     for name in ("plans.jsonl.log", "plans.jsonl"):
@@ -152,7 +164,8 @@ def test_a_killed_index_build_leaves_nothing_and_rebuilds_the_same_bytes(tasks_f
     assert listing(killed.parent) == listing(whole.parent)
 
 
-def test_a_killed_run_resumes_to_the_same_ablation(tiny_model_dir, data_dir, tmp_path, sigkill):
+@KILL_POINTS
+def test_a_killed_run_resumes_to_the_same_ablation(tiny_model_dir, data_dir, tmp_path, sigkill, after):
     """`codelift run` killed while its SFT stage trains: the re-run resumes the stage from its last
     checkpoint and ends with an uninterrupted run's weights and scores."""
     config = tmp_path / "run.yaml"
@@ -172,7 +185,7 @@ eval: {{limit: 2, max_new_tokens: 8, bootstrap_samples: 200, mode: instruct}}
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
-    sigkill(command(killed), ENV, lambda: bool(list(killed.glob("sft/checkpoints/checkpoint-*/codelift-committed"))))
+    sigkill(command(killed), ENV, lambda: committed(killed / "sft") >= after)
     assert not (killed / "sft" / "run.json").exists()
     subprocess.run(command(killed), env=ENV, check=True, capture_output=True)
 
