@@ -76,8 +76,8 @@ def apps_task(row: dict, where: str) -> Task:
         raise CodeliftError(f"{where}: field 'input_output' must be a JSON object with equally long 'inputs' and "
                             f"'outputs' lists (and 'fn_name' for a call-based problem).")
     fn_name = cases.get("fn_name") or ""
-    test = _call_test if fn_name else _stdio_test
-    tests = [test(fn_name, given, expected) for given, expected in zip(inputs, outputs)]
+    tests = [_call_test(fn_name, given, expected) if fn_name else _stdio_test(given, expected)
+             for given, expected in zip(inputs, outputs)]
     solutions = _json_field(row, "solutions", where) or [""]
     starter = (row.get("starter_code") or "").strip()
     return Task(task_id=f"apps/{row['problem_id']}", instruction=_instruction(row["question"], starter, fn_name),
@@ -116,7 +116,7 @@ def _text(value) -> str:
     return "\n".join(map(str, value)) + "\n" if isinstance(value, list) else str(value)
 
 
-def _stdio_test(_fn_name: str, given, expected) -> str:
+def _stdio_test(given, expected) -> str:
     return f"assert _apps_same_output(_apps_stdio({_text(given)!r}), {_text(expected)!r})\n"
 
 
