@@ -39,6 +39,17 @@ def test_bad_input_exits_2_with_one_sentence(tmp_path):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_a_prompt_format_or_strategy_not_known_is_named_before_any_model_loads(tmp_path):
+    for option, value, expected in (("--format", "plain", "'chat', 'instruct' or 'raw'"),
+                                    ("--strategy", "beam", "'direct', 'plan' or 'cot'")):
+        proc = subprocess.run([CODELIFT, "eval", "never-loaded", option, value, "--out", str(tmp_path / value)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        field = "prompt_format" if option == "--format" else "strategy"
+        assert f"field '{field}'" in proc.stderr and expected in proc.stderr
+        assert not (tmp_path / value).exists()
+
+
 def test_model_prune_info_and_generate(tiny_model_dir, tmp_path):
     student = tmp_path / "student"
     result = runner.invoke(app, ["model", "prune", str(tiny_model_dir), "--keep-layers", "3", "--out", str(student)])
@@ -47,8 +58,11 @@ def test_model_prune_info_and_generate(tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["model", "info", str(student)])
     assert result.exit_code == 0 and "49,152" in result.output
     assert [line for line in result.output.splitlines() if "layers" in line][0].split()[-2] == "3"
-    result = runner.invoke(app, ["generate", str(student), "def add(a, b):", "--max-new-tokens", "4"])
+    result = runner.invoke(app, ["generate", str(student), "def add(a, b):", "--max-new-tokens", "4", "--format", "raw"])
     assert result.exit_code == 0 and "tokens/s" in result.output
+    same = runner.invoke(app, ["generate", str(student), "def add(a, b):", "--max-new-tokens", "4", "--prompt-format",
+                               "raw"])
+    assert same.exit_code == 0 and same.output.splitlines()[0] == result.output.splitlines()[0]  # one option, two names
 
 
 def test_sigterm_unwinds_so_open_engines_close(tmp_path):

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
+from codelift.config import EvalConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.evaluate.run import evaluate_model
 from codelift.prompts import CONTEXT_HEADER, INSTRUCTION_HEADER, RESPONSE_HEADER, render_prompt
 from codelift.rag import build_index, load_index
 from codelift.rag.context import task_contexts
@@ -50,7 +51,7 @@ def test_context_options_are_checked(kb_index, data_dir):
 
 
 def test_rag_eval_reports_dropped_self_hits_and_retrieval_time(tiny_model_dir, kb_index, data_dir, tmp_path):
-    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", mode="instruct", limit=4,
+    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", prompt_format="instruct", limit=4,
                      max_new_tokens=8, codebleu=False, context="rag", examples=3, index=str(kb_index))
     summary = evaluate_model(cfg, tmp_path, data_dir=data_dir)
     assert summary["dropped_self_hits"] == 4 and summary["retrieval_ms_per_task"] > 0

@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from codelift.cli import app
+from codelift.config import EvalConfig
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
 from codelift.evaluate.kl import kl_to_teacher
-from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.evaluate.run import evaluate_model
 from codelift.models import load_model
 
 
@@ -106,7 +107,7 @@ def test_candidates_are_sampled_judged_on_the_visible_tests_and_one_chosen_per_p
     assert summary["prompt_format"] == "chat"
     for bad, message in (({"temperature": 0.0}, "greedy samples are identical"), ({"candidates": 1}, "expected 0")):
         with pytest.raises(CodeliftError, match=message):
-            evaluate_model(EvalConfig(**{**cfg.__dict__, **bad}), tmp_path / f"bad-{len(message)}", data_dir=data_dir)
+            evaluate_model(cfg.model_copy(update=bad), tmp_path / f"bad-{len(message)}", data_dir=data_dir)
 
 
 WRONG_ADD, RIGHT_ADD = "def add(a, b):\n    return 0\n", "def add(a, b):\n    return a + b\n"
@@ -166,11 +167,11 @@ def test_chain_of_thought_asks_for_a_plan_then_the_code_in_one_answer(tiny_model
     real_generate = generator.generate
     generator.generate = lambda prompts, **kw: sent.extend(prompts) or real_generate(prompts, **kw)
     with generator:
-        summary = evaluate_model(config(tiny_model_dir, mode="cot"), tmp_path, generator=generator)
+        summary = evaluate_model(config(tiny_model_dir, strategy="cot"), tmp_path, generator=generator)
     plain = render_prompt(task, "chat", generator.tokenizer)
     assert sent[0] == chain_of_thought_prompt(task, "chat", generator.tokenizer) != plain
     assert COT_REQUEST in sent[0] and sent[0].replace(f"\n\n{COT_REQUEST}", "") == plain
-    assert summary["mode"] == "cot" and summary["tasks"] == 3 and summary["prompt_format"] == "chat"
+    assert summary["strategy"] == "cot" and summary["tasks"] == 3 and summary["prompt_format"] == "chat"
 
 
 def test_beams_are_the_samples_best_first_and_distinct(tiny_model_dir, tmp_path):
@@ -183,7 +184,7 @@ def test_beams_are_the_samples_best_first_and_distinct(tiny_model_dir, tmp_path)
     assert len(beams.completions) == 3 == len(set(beams.completions))
     assert beams.mean_logprobs == sorted(beams.mean_logprobs, reverse=True)
     assert beams.completions[0] == greedy.completions[0] or beams.mean_logprobs[0] >= greedy.mean_logprobs[0]
-    summary = evaluate_model(config(tiny_model_dir, num_beams=3, k=[1, 3], mode="plain"), tmp_path / "beams")
+    summary = evaluate_model(config(tiny_model_dir, num_beams=3, k=[1, 3], prompt_format="raw"), tmp_path / "beams")
     assert summary["samples"] == 9 and summary["em@3"] is not None and summary["pass@3"] is not None
     with pytest.raises(CodeliftError, match="expected 2 or more beams"):
         evaluate_model(config(tiny_model_dir, num_beams=3, temperature=0.8), tmp_path / "bad")

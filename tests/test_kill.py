@@ -59,7 +59,7 @@ def test_a_killed_evaluation_resumes_to_the_same_samples(tiny_model_dir, tasks_f
     T=0.8: the same text again means the resumed run did not generate anew)."""
     def command(out: Path) -> list[str]:
         return [CODELIFT, "eval", str(tiny_model_dir), "--benchmark", str(tasks_file), "--out", str(out),
-                "--backend", "hf", "--mode", "instruct", "--max-new-tokens", "8", "--temperature", temperature]
+                "--backend", "hf", "--format", "instruct", "--max-new-tokens", "8", "--temperature", temperature]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(command(whole), env=ENV, check=True, capture_output=True)
@@ -177,7 +177,7 @@ sft: {{method: lora, max_steps: 8, batch_size: 2, max_length: 128, learning_rate
 distill: {{enabled: false}}
 plan: {{enabled: false}}
 rag: {{enabled: false}}
-eval: {{limit: 2, max_new_tokens: 8, bootstrap_samples: 200, mode: instruct}}
+eval: {{limit: 2, max_new_tokens: 8, bootstrap_samples: 200, prompt_format: instruct}}
 """)
 
     def command(out: Path) -> list[str]:

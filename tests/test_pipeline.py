@@ -8,7 +8,7 @@ from codelift.config import RunConfig, load_config, with_settings
 from codelift.data import load_sources
 from codelift.errors import CodeliftError
 from codelift.io import write_jsonl
-from codelift.pipeline import check_run
+from codelift.pipeline import check_run, eval_config
 
 
 def test_run_goes_from_data_to_the_ablation_and_the_report(tiny_model_dir, data_dir, tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_sections_deep_merge_so_one_setting_keeps_the_others(tmp_path):
     config.write_text("sft: {method: ia3}\n")
     cfg = load_config(RunConfig, config, sets=["eval.limit=5", "sft.target_modules=[q_proj]", "teacher.model=t"])
     assert cfg.sft.method == "ia3" and cfg.sft.max_steps == 20  # the demo's step limit survives
-    assert cfg.eval.limit == 5 and cfg.eval.mode == "auto" and cfg.sft.target_modules == ["q_proj"]
+    assert cfg.eval.limit == 5 and cfg.eval.prompt_format is None and cfg.sft.target_modules == ["q_proj"]
     assert cfg.teacher.model == "t" and cfg.teacher.sft.enabled is False
     qlora = load_config(RunConfig, None, sets=["sft.method=qlora4"]).sft.resolved()
     assert qlora.lora_r == 8 and qlora.grad_accum == 8  # presets still fill what the user left unset
@@ -233,19 +233,16 @@ def test_the_distill_stage_can_cache_the_teacher_once_then_train_from_the_cache(
     assert manifest["teacher_cache"] == str(tmp_path / "kd" / "teacher_cache") and manifest["steps"] == 1
 
 
-def test_a_setting_added_later_keeps_old_fingerprints_at_its_default():
-    """Run folders made before `eval.repairs` and `eval.chain_of_thought` existed still resume: at their
-    defaults they are left out of the hash."""
-    import hashlib
-
-    from codelift.config import EvalStage
-    from codelift.pipeline import stage_fingerprint
-
-    before = EvalStage().model_dump(mode="json", exclude={"report_to"})
-    del before["repairs"], before["chain_of_thought"]
-    made_before = hashlib.sha256(json.dumps(["eval", before, []]).encode()).hexdigest()[:16]
-    assert stage_fingerprint("eval", EvalStage()) == made_before
-    assert stage_fingerprint("eval", EvalStage(repairs=2)) != made_before
+def test_a_config_with_the_renamed_eval_mode_is_told_what_it_became(tmp_path):
+    """`eval.mode` mixed a prompt format with a strategy; a config that still sets it gets one sentence
+    naming its line and the new settings, not pydantic's "extra inputs are not permitted"."""
+    config = tmp_path / "old.yaml"
+    config.write_text("eval:\n  limit: 5\n  mode: plain\n")
+    with pytest.raises(CodeliftError, match=r"old.yaml, line 3: field 'eval.mode': .*prompt_format .*plain is raw"):
+        load_config(RunConfig, config)
+    cfg = load_config(RunConfig, None, sets=["eval.prompt_format=raw"])
+    assert cfg.eval.prompt_format == "raw"
+    assert eval_config(cfg.eval, "m", "mbpp:validation").prompt_format == "raw"  # every row is prompted alike
 
 
 def test_a_nested_setting_added_later_keeps_old_fingerprints_at_its_default():
@@ -322,7 +319,7 @@ def test_the_chain_of_thought_row_is_the_final_student_asked_to_plan_and_weighed
                                  off, stage("distill"), off, off)
     rows = {v.name: v for v in variants}
     assert list(rows) == ["base", "kd", "kd+select", "kd+cot", "teacher", "teacher+select"]
-    assert rows["kd+cot"].mode == "cot" and rows["kd+cot"].vs == "kd" and rows["kd+cot"].model == rows["kd"].model
+    assert rows["kd+cot"].strategy == "cot" and rows["kd+cot"].vs == "kd" and rows["kd+cot"].model == rows["kd"].model
     assert "kd+cot" not in {v.name for v in ablation_variants(EvalStage(), stage("teacher"), stage("student"), off,
                                                               stage("distill"), off, off)}
 
@@ -341,7 +338,7 @@ def test_the_forward_plan_row_is_weighed_against_the_backward_plan_row(tmp_path)
     rows = {v.name: v for v in variants}
     assert list(rows) == ["base", "sft", "sft+plan", "sft+forward-plan"]
     forward = rows["sft+forward-plan"]
-    assert forward.vs == "sft+plan" and forward.mode == "plan" and forward.model.endswith("plan-forward/merged")
+    assert forward.vs == "sft+plan" and forward.strategy == "plan" and forward.model.endswith("plan-forward/merged")
     plans = tmp_path / "plans.jsonl"  # given plans need no teacher; forward ones do
     plans.write_text("")
     with pytest.raises(CodeliftError, match="forward plans are written by the teacher"):

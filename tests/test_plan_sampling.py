@@ -1,18 +1,19 @@
 """Plan sampling: selection on visible tests only (real sandbox, hand-written candidates), and the
-`--mode plan` evaluation end to end on a tiny model."""
+`--strategy plan` evaluation end to end on a tiny model."""
 
 import dataclasses
 import json
 
 import pytest
 
+from codelift.config import EvalConfig
 from codelift.data import Task, load_tasks
 from codelift.data.loaders import load_humaneval
 from codelift.errors import CodeliftError
-from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.evaluate.run import evaluate_model
 from codelift.evaluate.score import score_samples, summarize
-from codelift.generate import make_generator
 from codelift.evaluate.selection import choose, run_visible_tests, select_candidate
+from codelift.generate import make_generator
 from codelift.plans.sampling import plan_sampled_rows, plan_summary
 
 # mbpp/517 largest_pos; visible: assert largest_pos([1,2,3,4,-1]) == 4
@@ -77,7 +78,7 @@ def test_plan_sampled_rows_give_n_by_m_candidates_and_one_choice(tiny_model_dir,
 
 
 def test_eval_mode_plan_reports_filtered_pass_at_1_apart_and_records_candidates(tiny_model_dir, data_dir, tmp_path):
-    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", mode="plan", limit=2,
+    cfg = EvalConfig(model=str(tiny_model_dir), benchmark="mbpp", split="validation", strategy="plan", limit=2,
                      max_new_tokens=12, plans=2, codes_per_plan=1, temperature=0.0, codebleu=False, dtype="float32")
     summary = evaluate_model(cfg, tmp_path / "eval", data_dir=data_dir)
     assert "pass@1" not in summary and summary["sample_budget"] == "2 plans x 1 programs = 2"
@@ -113,7 +114,7 @@ def test_cli_generate_mode_plan_prints_every_candidate_and_the_choice(tiny_model
     from codelift.cli import app
 
     result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "Write a function to add two numbers.",
-                                      "--mode", "plan", "--plans", "2", "--max-new-tokens", "8", "--dtype", "float32"])
+                                      "--strategy", "plan", "--plans", "2", "--max-new-tokens", "8", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     assert "candidate 1, plan 1" in result.output and "candidate 2, plan 2" in result.output
     assert result.output.count("(chosen)") == 1

@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from codelift.config import EvalConfig
 from codelift.data import Task
 from codelift.errors import CodeliftError
 from codelift.evaluate.repair import outcomes, repair_prompt, repair_targets, reporting
-from codelift.evaluate.run import EvalConfig, evaluate_model, generation_pending
+from codelift.evaluate.run import evaluate_model, generation_pending
 
 ADD = Task("t/0", "Add two numbers.", "def add(a, b):\n    return a + b\n",
            tests=["assert add(1, 2) == 3", "assert add(2, 2) == 4"], visible_tests=["assert add(0, 1) == 1",
@@ -76,4 +77,4 @@ def test_eval_adds_repairs_to_the_candidates_and_resumes_without_asking_again(ti
     assert evaluate_model(cfg, out)["filtered_pass@1"] == summary["filtered_pass@1"]
     assert (out / "repairs.jsonl").read_bytes() == logged
     with pytest.raises(CodeliftError, match="--repairs 1"):
-        evaluate_model(EvalConfig(**{**cfg.__dict__, "candidates": 0, "temperature": 0.0}), tmp_path / "bad")
+        evaluate_model(cfg.model_copy(update={"candidates": 0, "temperature": 0.0}), tmp_path / "bad")

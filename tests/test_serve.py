@@ -16,7 +16,8 @@ import openai
 import pytest
 import uvicorn
 
-from codelift.evaluate.run import EvalConfig, evaluate_model
+from codelift.config import EvalConfig
+from codelift.evaluate.run import evaluate_model
 from codelift.generate import make_generator
 from codelift.serve import ServeLimits, build_app
 
@@ -211,7 +212,7 @@ def test_openai_backend_gives_the_hf_verdicts(server, tiny_model_dir, tmp_path, 
     """`eval --backend openai` against the server = `eval --backend hf`, greedy, sample for sample."""
     monkeypatch.setenv("TEST_KEY", KEY)
     common = dict(model=str(tiny_model_dir), benchmark="humaneval", limit=4, max_new_tokens=12, codebleu=False,
-                  mode="chat", dtype="float32")
+                  prompt_format="chat", dtype="float32")
     local = evaluate_model(EvalConfig(**common), tmp_path / "hf")
     remote = evaluate_model(EvalConfig(**common, backend="openai", endpoint=server, api_key_env="TEST_KEY"),
                             tmp_path / "openai")

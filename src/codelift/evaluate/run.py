@@ -13,11 +13,11 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.progress import track
 
+from codelift.config import EvalConfig
 from codelift.data import Task, load_tasks
 from codelift.data.loaders import check_source_spec
 from codelift.errors import CodeliftError
@@ -32,45 +32,7 @@ from codelift.rag.index import load_index
 
 BENCHMARKS = {"humaneval": ("humaneval", "test"), "mbpp": ("mbpp", "test"),
               "mbpp-sanitized": ("mbpp-sanitized", "test"), "apps": ("apps", "test")}
-# --mode -> prompt format; auto (and plan, plan sampling in the format plan training used, and cot, the
-# model asked to plan then code in one answer): the model's chat template where its tokenizer has one, else
-# the instruct template (prompts.default_format)
-MODES = {"auto": None, "plain": "raw", "instruct": "instruct", "chat": "chat", "plan": None, "cot": None}
 GENERATION_CHUNK = 64  # tasks generated between appends to generations.jsonl (what a kill can lose)
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    benchmark: str
-    split: str | None = None
-    mode: str = "auto"
-    n_samples: int = 1
-    temperature: float = 0.0
-    k: list[int] = field(default_factory=lambda: [1])
-    limit: int | None = None
-    max_new_tokens: int = 384
-    batch_size: int = 16  # hf backend rows per batch
-    timeout: float = 3.0
-    seed: int = 42
-    codebleu: bool = True
-    kl_teacher: str | None = None
-    context: str = "none"  # none, icl or rag
-    examples: int = 3  # ICL examples or RAG hits
-    index: str | None = None  # the knowledge base's index folder (ICL draws from its documents)
-    backend: str = "hf"  # hf, vllm or openai (see codelift.generate)
-    dtype: str | None = None  # hf/vllm weights dtype; None: the fastest on this machine
-    endpoint: str | None = None  # openai: base URL such as http://127.0.0.1:8000/v1
-    endpoint_model: str | None = None  # openai: the served model's name (default: MODEL)
-    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key
-    tensor_parallel_size: int | None = None  # vllm: GPUs per model replica
-    plans: int = 1  # --mode plan: distinct plans per task (N)
-    codes_per_plan: int = 1  # --mode plan: programs per plan (M), sampled at `temperature`
-    plan_temperature: float = 0.6  # --mode plan: plans are sampled at this temperature
-    candidates: int = 0  # > 1: sample this many programs per problem, keep the one chosen on the visible tests
-    num_beams: int = 0  # > 1: beam search, the beams as the samples (EM@k and pass@k read off them)
-    repairs: int = 0  # with candidates: where none passes the visible tests, repair this many with the test's outcome
-    prompt_format: str | None = None  # --mode plan: the format the student was trained in (None: its default)
 
 
 def load_benchmark(benchmark: str, split: str | None, data_dir, limit: int | None) -> list[Task]:
@@ -97,32 +59,30 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
     """An --out folder is resumed only by the run that made it: same model, prompts, sampling."""
     path = out / "eval_config.json"
     if path.is_file():
-        settings = asdict(cfg)
-        now = {k: settings[k] for k in ("model", "benchmark", "split", "mode", "n_samples", "temperature",
-                                        "max_new_tokens", "seed", "context", "examples", "index", "plans",
-                                        "codes_per_plan", "plan_temperature", "candidates",
-                                        "repairs", "prompt_format")}
+        now = cfg.model_dump(include={"model", "benchmark", "split", "prompt_format", "strategy", "n_samples",
+                                      "temperature", "max_new_tokens", "seed", "context", "examples", "index",
+                                      "plans", "codes_per_plan", "plan_temperature", "candidates", "repairs"})
         check_same_settings(f"{out} (an evaluation)", json.loads(path.read_text()), now)
     else:
-        write_json(path, asdict(cfg))
+        write_json(path, cfg.model_dump())
 
 
 def check_strategy(cfg: EvalConfig) -> None:
     """One clear error for decoding settings that cannot work together."""
-    if cfg.candidates < 0 or cfg.candidates == 1:
-        raise CodeliftError(f"--candidates {cfg.candidates}: expected 0 (off) or 2 and more programs per problem.")
+    if cfg.candidates == 1:
+        raise CodeliftError("--candidates 1: expected 0 (off) or 2 and more programs per problem.")
     if cfg.candidates and cfg.temperature == 0:
         raise CodeliftError(f"--candidates {cfg.candidates} with --temperature 0: greedy samples are identical; give a "
                             f"sampling temperature such as 0.8.")
-    if cfg.repairs < 0 or (cfg.repairs and not cfg.candidates):
+    if cfg.repairs and not cfg.candidates:
         raise CodeliftError(f"--repairs {cfg.repairs}: expected 0 (off), or 1 and more with --candidates (repairs are "
                             f"made of the candidates that fail their visible tests).")
-    if cfg.num_beams and (cfg.num_beams == 1 or cfg.candidates or cfg.mode == "plan" or cfg.n_samples > 1
+    if cfg.num_beams and (cfg.num_beams == 1 or cfg.candidates or cfg.strategy == "plan" or cfg.n_samples > 1
                           or cfg.temperature):
         raise CodeliftError(f"--num-beams {cfg.num_beams}: expected 2 or more beams, which are the samples, without "
-                            f"--candidates, --mode plan, --n-samples or a sampling temperature.")
-    if cfg.candidates and (cfg.mode == "plan" or cfg.n_samples > 1):
-        raise CodeliftError("--candidates samples its own programs: use it without --mode plan and --n-samples.")
+                            f"--candidates, --strategy plan, --n-samples or a sampling temperature.")
+    if cfg.candidates and (cfg.strategy == "plan" or cfg.n_samples > 1):
+        raise CodeliftError("--candidates samples its own programs: use it without --strategy plan and --n-samples.")
 
 
 def open_generator(cfg: EvalConfig) -> Generator:
@@ -154,23 +114,15 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
     retriever = load_index(cfg.index) if cfg.index else None
     check_context(cfg.context, cfg.examples, retriever)
     with contextlib.nullcontext(generator) if generator else open_generator(cfg) as generator:
-        if generator.tokenizer is None and MODES[cfg.mode] != "raw":
-            raise CodeliftError(f"--mode {cfg.mode} renders prompts with the model's tokenizer; with --backend "
-                                f"{cfg.backend} give MODEL as a local model folder (or use --mode plain).")
-        fmt = default_format(generator.tokenizer, cfg.prompt_format if cfg.mode == "plan" else MODES[cfg.mode])
+        if generator.tokenizer is None and cfg.prompt_format != "raw":
+            raise CodeliftError(f"--format {cfg.prompt_format or 'auto'} renders prompts with the model's tokenizer; "
+                                f"with --backend {cfg.backend} give MODEL as a local model folder (or use --format raw).")
+        fmt = default_format(generator.tokenizer, cfg.prompt_format)
         position = {t.task_id: i for i, t in enumerate(tasks)}  # seeds follow the task, so a resumed run samples alike
         for start in track(range(0, len(missing), GENERATION_CHUNK), description=f"generating ({len(missing)} tasks)"):
             chunk = missing[start:start + GENERATION_CHUNK]
             contexts = task_contexts(chunk, cfg.context, cfg.examples, retriever, fmt, seed=cfg.seed)
-            if cfg.mode == "plan":
-                from codelift.plans.sampling import plan_sampled_rows
-
-                rows = plan_sampled_rows(generator, chunk, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
-                                         plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
-                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + position[chunk[0].task_id],
-                                         contexts=[c.text for c in contexts], fmt=fmt)
-            else:
-                rows = sampled_rows(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + position[chunk[0].task_id])
+            rows = solve(generator, chunk, contexts, fmt, cfg, seed=cfg.seed + position[chunk[0].task_id])
             by_task = dict(zip((t.task_id for t in chunk), contexts))
             rows = [row | {"prompt_format": fmt} | context_fields(by_task[row["task_id"]]) for row in rows]
             append_rows(log, rows)
@@ -178,9 +130,24 @@ def generate_samples(cfg: EvalConfig, tasks: list[Task], log: Path, generator: G
     return done
 
 
-def sampled_rows(generator, tasks: list[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
-    """n samples per task of the task's own prompt (`cfg.candidates` of them for selection)."""
-    render = chain_of_thought_prompt if cfg.mode == "cot" else render_prompt
+def solve(generator: Generator, tasks: Sequence[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
+    """The programs `cfg.strategy` writes for `tasks` (rows numbered by `sample` per task): plan
+    sampling's N plans x M programs, else the samples of each task's own prompt. The one place that
+    switches between strategies, for `eval` and `generate` alike."""
+    if cfg.strategy == "plan":
+        from codelift.plans.sampling import plan_sampled_rows
+
+        return plan_sampled_rows(generator, tasks, plans=cfg.plans, codes_per_plan=cfg.codes_per_plan,
+                                 plan_temperature=cfg.plan_temperature, temperature=cfg.temperature,
+                                 max_new_tokens=cfg.max_new_tokens, seed=seed, contexts=[c.text for c in contexts],
+                                 fmt=fmt)
+    return sampled_rows(generator, tasks, contexts, fmt, cfg, seed)
+
+
+def sampled_rows(generator, tasks: Sequence[Task], contexts, fmt: str, cfg: EvalConfig, seed: int) -> list[dict]:
+    """n samples per task of the task's own prompt (`cfg.candidates` of them for selection; asked to
+    plan first for the cot strategy)."""
+    render = chain_of_thought_prompt if cfg.strategy == "cot" else render_prompt
     prompts = [render(t, fmt, generator.tokenizer, c.text) for t, c in zip(tasks, contexts)]
     if cfg.num_beams:
         n = cfg.num_beams
@@ -211,21 +178,21 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
     began = time.monotonic()
     check_strategy(cfg)
     generations = generate_samples(cfg, tasks, out / "generations.jsonl", generator)
-    if cfg.mode == "plan" or cfg.candidates:
+    if cfg.strategy == "plan" or cfg.candidates:
         generations = choose(tasks, generations, cfg.timeout)
     if cfg.repairs:
         generations = with_repairs(tasks, generations, out / "repairs.jsonl",
                                    lambda: contextlib.nullcontext(generator) if generator else open_generator(cfg),
                                    repairs=cfg.repairs, max_new_tokens=cfg.max_new_tokens, timeout=cfg.timeout)
     rows, summary = judge_samples(tasks, generations, out, cfg)
-    if cfg.mode == "plan":  # every candidate judged on the hidden tests, for reporting only
+    if cfg.strategy == "plan":  # every candidate judged on the hidden tests, for reporting only
         from codelift.plans.sampling import plan_summary
 
         summary = plan_summary(summary, rows, tasks, cfg.plans, cfg.codes_per_plan, codebleu=cfg.codebleu)
     elif cfg.candidates:
         budget = f"{cfg.candidates} samples" + (f" + up to {cfg.repairs} repairs" if cfg.repairs else "")
         summary = selection_summary(summary, rows, tasks, budget, codebleu=cfg.codebleu)
-    summary.update(model=cfg.model, benchmark=cfg.benchmark, mode=cfg.mode, prompt_format=rows[0]["prompt_format"],
+    summary.update(model=cfg.model, benchmark=cfg.benchmark, strategy=cfg.strategy, prompt_format=rows[0]["prompt_format"],
                    temperature=cfg.temperature,
                    context=cfg.context, wall_seconds=round(time.monotonic() - began, 1))
     summary["wall_seconds_per_task"] = round(summary["wall_seconds"] / len(tasks), 2)
@@ -240,7 +207,7 @@ def evaluate_model(cfg: EvalConfig, out: Path, *, data_dir=None, generator: Gene
         summary["kl_to_teacher"] = teacher_kl(cfg.model, cfg.kl_teacher, tasks)
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "summary.json", summary)
-    write_json(out / "run.json", run_manifest(asdict(cfg), stage="eval"))
+    write_json(out / "run.json", run_manifest(cfg.model_dump(), stage="eval"))
     return summary
 
 
@@ -251,7 +218,7 @@ def examples_sweep(cfg: EvalConfig, counts: list[int], out: Path, *, data_dir=No
         raise CodeliftError("--examples with several values sweeps a prompt context: give --context icl or rag.")
     rows = []
     for count in counts:
-        run = replace(cfg, examples=count, context=cfg.context if count else "none")
+        run = cfg.model_copy(update={"examples": count, "context": cfg.context if count else "none"})
         summary = evaluate_model(run, out / f"examples-{count}", data_dir=data_dir)
         rows.append({"examples": count, **{key: summary.get(key) for key in (*(f"pass@{k}" for k in cfg.k),
                                                                             "exact_match", "codebleu")}})

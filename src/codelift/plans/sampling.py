@@ -1,4 +1,4 @@
-"""Plan sampling at inference (`eval` / `generate --mode plan`): N plans, M programs from each, one
+"""Plan sampling at inference (`eval` / `generate --strategy plan`): N plans, M programs from each, one
 program chosen on the visible tests.
 
 The recipe for each task: the student writes N distinct plans (`[GEN_PLAN]`, temperature 0.6 by
