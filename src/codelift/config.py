@@ -283,7 +283,7 @@ class EvalStage(EvalSettings):
     confidence: float = 0.95
 
     @model_validator(mode="after")
-    def _no_endpoint(self) -> EvalStage:
+    def _runnable_in_a_run(self) -> EvalStage:
         if self.backend == "openai":
             raise ValueError("backend: a run evaluates the models it trains: expected hf or vllm, not openai")
         if self.plans < 1:
