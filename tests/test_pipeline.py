@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -84,6 +85,13 @@ eval: {{limit: 2, max_new_tokens: 16, bootstrap_samples: 200, plans: 2, candidat
     # into a pipe the ablation is printed as whole Markdown rows, not squeezed into 80 columns
     assert "| variant | pass@1 [CI] | vs |" in result.output and "\n| sft+kd+rag | " in result.output
     assert "sft+kd vs sft: +" in result.output  # and what each change moved, with its p-value
+    costs = {stage: json.loads((out / stage / "run.json").read_text())["pipeline"]["cost"]["wall_seconds"]
+             for stage in ("data", "teacher", "student", "sft", "distill", "index", "plan", "eval")}
+    timed = re.search(r"time by stage: (.*); total (.*)", result.output)  # and what each stage cost
+    assert timed.group(1).split(", ")[:2] == [f"data {costs['data']:.0f} s", f"teacher {costs['teacher']:.0f} s"]
+    total = sum(costs.values())
+    assert len(timed.group(1).split(", ")) == len(costs)
+    assert timed.group(2) == (f"{total:.0f} s" if total < 90 else f"{total / 60:.1f} min")
     for figure in ("sft-loss", "distill-kd", "distill-kl", "teacher-loss"):
         assert (out / "report" / f"{figure}.png").is_file()
 
@@ -181,7 +189,7 @@ def test_a_kd_or_kl_pair_must_share_the_tokenizer(tiny_model_dir, tmp_path):
     check_run(same, None)
 
 
-@pytest.mark.parametrize("name", ["smoke", "qwen", "qwen-lift", "codegen"])
+@pytest.mark.parametrize("name", ["qwen-quick", "smoke", "qwen", "qwen-lift", "codegen"])
 def test_the_shipped_configs_are_valid(name):
     from pathlib import Path
 

@@ -517,12 +517,13 @@ def run(config: Annotated[Path | None, typer.Argument(help="YAML RunConfig (conf
     Re-running the same command skips finished stages and resumes an interrupted one."""
     from codelift.config import RunConfig, load_config
     from codelift.pipeline import run_pipeline
-    from codelift.report import print_ablation, write_report
+    from codelift.report import print_ablation, stage_times, write_report
 
     out = _run_out(config, out)
     ablation = run_pipeline(load_config(RunConfig, config, sets=set_ or ()), out, data_dir=data_dir, console=console)
     print_ablation(ablation, console)
     report = write_report(out)
+    console.print(f"[bold]time by stage:[/bold] {stage_times(out)}", soft_wrap=True)  # one line, even in a pipe
     console.print(f"[bold]report:[/bold] {report} (and {report.with_suffix('.md')})")
 
 

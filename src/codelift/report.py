@@ -163,6 +163,17 @@ def stage_rows(stages: dict[str, Path]) -> list[list[str]]:
     return rows
 
 
+def stage_times(run_dir: Path) -> str:
+    """One line: each finished stage's wall time as recorded when it ran, and their sum."""
+    seconds = {name: json.loads((folder / "run.json").read_text())["pipeline"]["cost"]["wall_seconds"]
+               for name, folder in read_stages(Path(run_dir)).items()}
+    return ", ".join(f"{name} {duration(s)}" for name, s in seconds.items()) + f"; total {duration(sum(seconds.values()))}"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def provenance(manifest: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
     return (f"git revision {manifest.get('git_revision') or 'unknown'}; Python {manifest.get('python', '?')}; "
