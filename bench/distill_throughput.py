@@ -68,7 +68,9 @@ def prepare(work: Path, args) -> tuple[Path, Path, str]:
     for split, path in (("train", train), ("validation", heldout)):
         subprocess.run(CODELIFT + ["data", "prepare", "mbpp", "--split", split, "--out", str(path)],
                        check=True, capture_output=True)
-    student = args.student
+    from codelift.models.load import prepare_model
+
+    student = prepare_model(args.student) if args.student else None  # an embedded name -> its folder, for TRL too
     if student is None:
         student = str(work / "student")
         subprocess.run(CODELIFT + ["model", "prune", args.teacher, "--keep-layers", str(args.keep_layers),
