@@ -122,6 +122,28 @@ def test_cache_tail_bucket_and_renormalised_forms_at_t1(logits):
     torch.testing.assert_close(s_r.exp().double(), expected_s[:, :5] / expected_s[:, :5].sum(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_cached_loss_is_zero_for_a_student_with_the_teachers_top_k_and_tail_masses(logits, temperature):
+    """The teacher itself, and a student whose tail differs token by token but not in total, have
+    nothing left to learn from a top-k cache at any temperature (tempering the student's tail token
+    by token, as the first version did, gave both a positive loss at T != 1 and a sharper optimum)."""
+    teacher, _, _ = logits
+    teacher = teacher.reshape(-1, 40).double()
+    ids, top, tail = _top_k_cache(teacher, k=5)
+    in_tail = ~torch.zeros_like(teacher, dtype=torch.bool).scatter(-1, ids, True)
+    log_p = torch.log_softmax(teacher, -1)
+    reshaped = log_p.clone()
+    reshaped[in_tail] = torch.log_softmax(torch.randn(in_tail.sum(), dtype=torch.float64).reshape(len(teacher), -1),
+                                          -1).flatten() + tail.repeat_interleave(35)
+    for student in (teacher, reshaped):
+        t_b, s_b = bucketed_log_probs(student, ids, top, tail, temperature=temperature)
+        assert divergence(t_b, s_b).abs().max().item() < 1e-6
+    # And the tempered distributions are the T = 1 (k+1)-way ones raised to 1/T and renormalised.
+    t_b, _ = bucketed_log_probs(teacher, ids, top, tail, temperature=temperature)
+    masses = torch.cat([log_p.gather(-1, ids).exp(), tail.exp().unsqueeze(-1)], -1) ** (1 / temperature)
+    torch.testing.assert_close(t_b.exp().double(), masses / masses.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
+
+
 def test_chunked_sums_equal_unchunked_in_value_and_gradient():
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(37, 16, generator=gen, requires_grad=True)

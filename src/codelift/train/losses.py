@@ -65,22 +65,24 @@ def bucketed_log_probs(student_logits: torch.Tensor, teacher_ids: torch.Tensor, 
 
     `teacher_log_probs` are top-k entries of the teacher's full log-softmax at T = 1 and
     `teacher_tail` the log of the mass outside them. With `tail="bucket"` both distributions get a
-    (k+1)-th entry for everything else: the student's is its exact mass outside the ids (from its
-    full-vocabulary log-softmax at T); the teacher's tempered tail treats the tail as one token, exact
-    at T = 1 or when the tail is empty (k = vocabulary). With `tail="renormalize"` both are
-    renormalised over the k ids.
+    (k+1)-th entry for everything else (the student's is its exact mass outside the ids), and the
+    temperature softens these two (k+1)-way distributions alike. Tempering the student's tail token
+    by token while the teacher's is one bucket would make their tails incomparable at T != 1: at
+    T = 2 the optimum drives the student's tail mass to zero, a sharper student than the teacher.
+    Treated alike, the loss is least where the student's top-k and tail masses equal the teacher's.
+    With `tail="renormalize"` both are renormalised over the k ids.
     """
     with torch.autocast(student_logits.device.type, enabled=False):
-        student = tempered_log_probs(student_logits, temperature)
+        student = tempered_log_probs(student_logits)
         at_ids = student.gather(-1, teacher_ids)
-        teacher = teacher_log_probs.float() / temperature
-        if tail == "renormalize":
-            return F.log_softmax(teacher, -1), F.log_softmax(at_ids, -1)
-        if tail != "bucket":
+        teacher = teacher_log_probs.float()
+        if tail == "bucket":
+            student_tail = student.scatter(-1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True)
+            teacher = torch.cat([teacher, teacher_tail.float().unsqueeze(-1)], -1)
+            at_ids = torch.cat([at_ids, student_tail], -1)
+        elif tail != "renormalize":
             raise ValueError(f"tail '{tail}': expected bucket or renormalize")
-        student_tail = student.scatter(-1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True)
-        teacher = torch.cat([teacher, teacher_tail.float().unsqueeze(-1) / temperature], -1)
-        return F.log_softmax(teacher, -1), torch.cat([at_ids, student_tail], -1)
+        return F.log_softmax(teacher / temperature, -1), F.log_softmax(at_ids / temperature, -1)
 
 
 def chunked_sums(fn: Callable[..., tuple[torch.Tensor, ...]], *rows: torch.Tensor, chunk_size: int = 1024
