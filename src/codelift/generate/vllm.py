@@ -9,8 +9,10 @@ generates from exactly the same tokens.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+import uuid
 from collections.abc import Sequence
 
 from codelift.errors import CodeliftError
@@ -53,83 +55,111 @@ def engine_died(error: Exception) -> bool:
     return isinstance(error, EngineDeadError) or (isinstance(error, TimeoutError) and "RPC call" in str(error))
 
 
+def engine_arguments(model: str, *, dtype: str | None = None, tensor_parallel_size: int = 1,
+                     enforce_eager: bool = False, max_model_len: int | None = None,
+                     gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None) -> tuple:
+    """(our tokenizer, the keyword arguments of vLLM's engine) for `model`, the same for the offline
+    and the async engine.
+
+    On CPU, vLLM reserves `gpu_memory_utilization` of all RAM (0.92 by default) and refuses to
+    start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead.
+    Chunked prefill is off on CPU too: vLLM's CPU sampler crashes ("CPU Generator does not use
+    offset") when a seeded request's prompt is split across steps, which plan sampling's many
+    seeded requests hit. A step must then hold a whole prompt, and vLLM warms up on one step of
+    `max_model_len` tokens, so on CPU the context is capped at CPU_CONTEXT unless given."""
+    import torch
+
+    from codelift.models.load import load_tokenizer, prepare_model
+
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # on CPU, use every core for the model
+    # vLLM logs hundreds of INFO and dtype lines per engine start; codelift shows its own progress
+    # (VLLM_LOGGING_LEVEL=INFO brings them back).
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise CodeliftError(f"--backend vllm needs vLLM ({e}): {INSTALL_HINT}.") from None
+    path = prepare_model(model)
+    on_cpu = not torch.cuda.is_available()
+    if kv_cache_gib is None and gpu_memory_utilization is None and on_cpu:
+        kv_cache_gib = 2
+    arguments = dict(model=path, dtype=dtype or vllm_dtype(on_cpu), tensor_parallel_size=tensor_parallel_size,
+                     enforce_eager=enforce_eager, seed=0, trust_remote_code=trust_remote_code())
+    arguments |= {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                                        kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None
+                                        ).items() if v is not None}
+    if on_cpu:
+        arguments["enable_chunked_prefill"] = False
+        arguments.setdefault("max_model_len", cpu_context_length(path))
+        arguments["logits_processors"] = [NUCLEUS_PROCESSOR]  # top_p without vLLM's full-vocabulary sort
+    return load_tokenizer(path), arguments
+
+
+def sampling_params(count: int, *, n: int, max_new_tokens: int, temperature: float, top_p: float,
+                    stop: Sequence[str], seed: int, nucleus_processor: bool) -> list:
+    """One SamplingParams per prompt (prompt i seeded `seed + i`). On CPU, top_p goes to our logits
+    processor through extra_args, and vLLM's own top_p stays off."""
+    from vllm import SamplingParams
+
+    check_sampling(n, max_new_tokens, temperature, top_p)
+    top_p = top_p if temperature > 0 else 1.0
+    nucleus = {"top_p": 1.0, "extra_args": {NUCLEUS_ARG: top_p}} if nucleus_processor else {"top_p": top_p}
+    return [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, stop=list(stop) or None,
+                           seed=seed + i, logprobs=0, **nucleus) for i in range(count)]
+
+
+def as_generation(prompt: str, output, stop: Sequence[str], eos: int | None, seconds: float) -> Generation:
+    """A vLLM RequestOutput as our Generation: text cut at the stops, EOS not counted, mean logprob."""
+    counts = [len(c.token_ids) - (1 if c.token_ids and c.token_ids[-1] == eos else 0) for c in output.outputs]
+    return Generation(prompt, [truncate_at_stop(c.text, stop) for c in output.outputs], counts, seconds,
+                      [c.cumulative_logprob / len(c.token_ids) if c.token_ids and c.cumulative_logprob is not None
+                       else None for c in output.outputs])
+
+
+def engine_stopped(error: Exception) -> CodeliftError:
+    timeout = os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
+    return CodeliftError(f"vLLM's engine stopped while generating ({type(error).__name__}: {error}). What was "
+                         f"generated before is kept: run the same command again to resume. If a step timed out (a "
+                         f"busy or small CPU), give it more time, e.g. VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1200 "
+                         f"(now {timeout}).")
+
+
+OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
+           "kv_cache_gib", "progress")
+
+
 class VLLMGenerator(Generator):
+    """vLLM's offline engine: each `generate` call is one batch run to its end (eval, plans, KD data)."""
+
     backend = "vllm"
-    OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
-               "kv_cache_gib", "progress")
+    OPTIONS = OPTIONS
 
-    def __init__(self, model: str, *, dtype: str | None = None, tensor_parallel_size: int = 1,
-                 enforce_eager: bool = False, max_model_len: int | None = None,
-                 gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None, progress: bool = True):
-        """On CPU, vLLM reserves `gpu_memory_utilization` of all RAM (0.92 by default) and refuses to
-        start on a shared machine; there the KV cache gets a fixed `kv_cache_gib` (default 2) instead.
-        Chunked prefill is off on CPU too: vLLM's CPU sampler crashes ("CPU Generator does not use
-        offset") when a seeded request's prompt is split across steps, which plan sampling's many
-        seeded requests hit. A step must then hold a whole prompt, and vLLM warms up on one step of
-        `max_model_len` tokens, so on CPU the context is capped at CPU_CONTEXT unless given."""
-        import torch
-
-        from codelift.models.load import load_tokenizer, prepare_model
-
+    def __init__(self, model: str, *, progress: bool = True, **options):
         began = time.perf_counter()
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # on CPU, use every core for the model
-        # vLLM logs hundreds of INFO and dtype lines per engine start; codelift shows its own progress
-        # (VLLM_LOGGING_LEVEL=INFO brings them back).
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise CodeliftError(f"--backend vllm needs vLLM ({e}): {INSTALL_HINT}.") from None
-        path = prepare_model(model)
-        self.tokenizer = load_tokenizer(path)
-        on_cpu = not torch.cuda.is_available()
-        if kv_cache_gib is None and gpu_memory_utilization is None and on_cpu:
-            kv_cache_gib = 2
-        extra = {k: v for k, v in dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                                       kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None).items()
-                 if v is not None}
-        if on_cpu:
-            extra["enable_chunked_prefill"] = False
-            extra.setdefault("max_model_len", cpu_context_length(path))
-            extra["logits_processors"] = [NUCLEUS_PROCESSOR]  # top_p without vLLM's full-vocabulary sort
-        self.nucleus_processor = on_cpu
-        self.llm = LLM(model=path, dtype=dtype or vllm_dtype(on_cpu), tensor_parallel_size=tensor_parallel_size,
-                       enforce_eager=enforce_eager, seed=0, trust_remote_code=trust_remote_code(), **extra)
+        self.tokenizer, arguments = engine_arguments(model, **options)
+        from vllm import LLM
+
+        self.nucleus_processor = "logits_processors" in arguments
+        self.llm = LLM(**arguments)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         self.progress = progress
         self.start_seconds = time.perf_counter() - began
 
     def generate(self, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, stop: Sequence[str] = (), seed: int = 42) -> list[Generation]:
-        from vllm import SamplingParams
-
-        check_sampling(n, max_new_tokens, temperature, top_p)
-        top_p = top_p if temperature > 0 else 1.0
-        nucleus = {"top_p": 1.0, "extra_args": {NUCLEUS_ARG: top_p}} if self.nucleus_processor else {"top_p": top_p}
-        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, stop=list(stop) or None,
-                                 seed=seed + i, logprobs=0, **nucleus) for i in range(len(prompts))]
+        params = sampling_params(len(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, stop=stop, seed=seed, nucleus_processor=self.nucleus_processor)
         inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
         began = time.perf_counter()
         try:
             outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
         except Exception as e:
             if engine_died(e):
-                timeout = os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
-                raise CodeliftError(f"vLLM's engine stopped while generating ({type(e).__name__}: {e}). What was "
-                                    f"generated before is kept: run the same command again to resume. If a step "
-                                    f"timed out (a busy or small CPU), give it more time, e.g. "
-                                    f"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1200 (now {timeout}).") from None
+                raise engine_stopped(e) from None
             raise
         share = (time.perf_counter() - began) / max(len(prompts), 1)
-        eos = self.tokenizer.eos_token_id
-        results = []
-        for prompt, output in zip(prompts, outputs):
-            counts = [len(c.token_ids) - (1 if c.token_ids and c.token_ids[-1] == eos else 0) for c in output.outputs]
-            results.append(Generation(
-                prompt, [truncate_at_stop(c.text, stop) for c in output.outputs], counts, share,
-                [c.cumulative_logprob / len(c.token_ids) if c.token_ids and c.cumulative_logprob is not None else None
-                 for c in output.outputs]))
-        return results
+        return [as_generation(prompt, output, stop, self.tokenizer.eos_token_id, share)
+                for prompt, output in zip(prompts, outputs)]
 
     def beam_search(self, prompts: Sequence[str], *, beams: int, max_new_tokens: int = 256,
                     stop: Sequence[str] = ()) -> list[Generation]:
@@ -157,3 +187,54 @@ class VLLMGenerator(Generator):
         if engine is not None and hasattr(engine.engine_core, "shutdown"):
             engine.engine_core.shutdown()
         self.llm = None
+
+
+class AsyncVLLMGenerator(Generator):
+    """vLLM's async engine, for `codelift serve`: every request goes to the engine as it arrives and
+    is batched continuously with those already generating (a short request does not wait for a long
+    batch to end), and a request cancelled mid-way (deadline, client gone) is aborted in the engine.
+    It generates through `agenerate`, on the one event loop that serves (vLLM binds its output
+    handler to the loop of the first request); `generate` is not available."""
+
+    backend = "vllm"
+    OPTIONS = OPTIONS
+    concurrent = True
+
+    def __init__(self, model: str, *, progress: bool = False, **options):
+        began = time.perf_counter()
+        self.tokenizer, arguments = engine_arguments(model, **options)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.nucleus_processor = "logits_processors" in arguments
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        self.context_length = self.engine.model_config.max_model_len
+        self.start_seconds = time.perf_counter() - began
+
+    async def agenerate(self, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 256,
+                        temperature: float = 0.0, top_p: float = 0.95, stop: Sequence[str] = (),
+                        seed: int = 42) -> list[Generation]:
+        params = sampling_params(len(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, stop=stop, seed=seed, nucleus_processor=self.nucleus_processor)
+        began = time.perf_counter()
+
+        async def final(prompt: str, settings):
+            async for output in self.engine.generate({"prompt_token_ids": prompt_ids(self.tokenizer, prompt)},
+                                                     settings, uuid.uuid4().hex):
+                last = output
+            return last
+
+        try:
+            outputs = await asyncio.gather(*(final(p, s) for p, s in zip(prompts, params)))
+        except Exception as e:
+            if engine_died(e):
+                raise engine_stopped(e) from None
+            raise
+        share = (time.perf_counter() - began) / max(len(prompts), 1)
+        return [as_generation(prompt, output, stop, self.tokenizer.eos_token_id, share)
+                for prompt, output in zip(prompts, outputs)]
+
+    def close(self) -> None:
+        if getattr(self, "engine", None) is not None:
+            self.engine.shutdown()
+        self.engine = None

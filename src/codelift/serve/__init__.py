@@ -1,6 +1,7 @@
 """`codelift serve`: an OpenAI-compatible HTTP server for a lifted model, optionally with RAG.
 
-The recipe: load a Generator (hf or vllm) -> optionally load the RAG index -> the app (`app.py`):
+The recipe: load a Generator (hf, or vLLM's async engine, which batches requests continuously) ->
+optionally load the RAG index -> the app (`app.py`):
 `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (server-sent events when
 `stream` is set), `GET /health`, `GET /metrics` -> uvicorn. Under load it sheds instead of drowning
 (`batcher.py`): a bounded queue answered 429 with Retry-After past its bound, a deadline per
@@ -35,7 +36,7 @@ def serve(model: str, *, backend: str = "hf", host: str = "127.0.0.1", port: int
         raise CodeliftError(f"--context '{context}' for serve: expected none or rag.")
     retriever = load_index(index) if index else None
     check_context(context, examples, retriever)
-    with make_generator(model, backend, progress=False, **options) as generator:
+    with make_generator(model, backend, serving=True, progress=False, **options) as generator:
         rag = RagSettings(retriever, examples) if context == "rag" else None
         app = build_app(generator, served_name or model, rag=rag, api_key=api_key, limits=limits)
         # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to die by it; with this

@@ -6,6 +6,10 @@ waiting requests a new one is refused at once (the server answers 429) instead o
 and latency for everyone. A request whose deadline passes, or whose client hangs up, while it
 waits is taken out before its batch starts, so it costs no generation; a batch already generating
 runs to its end (the generators have no way to stop one mid-way), bounded by its max_tokens.
+
+A generator that batches continuously itself (`concurrent`: vLLM's async engine) gets each request
+as it arrives instead: nothing waits here for a batch to end, the bound is on requests in the
+engine, and a request cancelled by its deadline or its client is aborted mid-generation.
 """
 
 from __future__ import annotations
@@ -38,21 +42,25 @@ class Batcher:
     def __init__(self, generator: Generator, max_queue: int):
         self.generator, self.max_queue = generator, max_queue
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.in_engine = 0  # requests handed to a concurrent generator and not finished
         self.last_batch_seconds = 1.0
 
     def waiting(self) -> int:
-        """Requests admitted and not yet generating."""
-        return self.queue.qsize()
+        """Requests admitted and not yet generating (for a concurrent generator: not yet finished)."""
+        return self.in_engine if self.generator.concurrent else self.queue.qsize()
 
     async def generate(self, prompts: list[str], settings: dict, *, timeout: float | None = None,
                        disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Generation]:
         """The generations of `prompts`, once their batch has run. Raises QueueFull at once when
         `max_queue` requests are already waiting, DeadlinePassed after `timeout` seconds, and
         ClientGone when `disconnected()` turns true first."""
-        if self.queue.qsize() >= self.max_queue:
+        if self.waiting() >= self.max_queue:
             raise QueueFull(max(1, round(self.last_batch_seconds)))
-        done = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((prompts, settings, done))
+        if self.generator.concurrent:
+            done = asyncio.ensure_future(self.in_engine_until_done(prompts, settings))
+        else:
+            done = asyncio.get_running_loop().create_future()
+            self.queue.put_nowait((prompts, settings, done))
         watcher = asyncio.ensure_future(_until(disconnected)) if disconnected else None
         try:
             finished, _ = await asyncio.wait({done} | ({watcher} if watcher else set()), timeout=timeout,
@@ -62,10 +70,20 @@ class Batcher:
                 watcher.cancel()
         if done in finished:
             return done.result()
-        done.cancel()  # the worker skips it if its batch has not started
+        done.cancel()  # the worker skips it if its batch has not started; a concurrent engine aborts it
         raise ClientGone() if watcher in finished else DeadlinePassed()
 
+    async def in_engine_until_done(self, prompts: list[str], settings: dict) -> list[Generation]:
+        self.in_engine += 1
+        began = time.perf_counter()
+        try:
+            return await self.generator.agenerate(prompts, **settings)
+        finally:
+            self.in_engine -= 1
+            self.last_batch_seconds = time.perf_counter() - began
+
     async def run(self) -> None:
+        """The worker of a generator that does not batch by itself (a concurrent one never queues)."""
         while True:
             waiting = [await self.queue.get()]
             while not self.queue.empty():
