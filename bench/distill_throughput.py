@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from processes import run_measured
 from rich.console import Console
 from rich.table import Table
 
@@ -47,19 +46,6 @@ from codelift.hardware import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CODELIFT = [sys.executable, "-m", "codelift.cli"]
-
-
-def run_measured(command: list[str], log: Path) -> tuple[float, float]:
-    """Run `command` to completion; return (wall seconds, its peak RSS in MB) from wait4."""
-    began = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}); see {log}:\n"
-                         + "\n".join(log.read_text().splitlines()[-25:]))
-    return time.perf_counter() - began, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def prepare(work: Path, args) -> tuple[Path, Path, str]:
@@ -211,7 +197,7 @@ def main() -> None:
 
     from codelift.models.load import prepare_model
 
-    console = Console()
+    console = Console(width=200)  # a pipe or file gets the whole table, not 80 squeezed columns
     work = args.work or Path(tempfile.mkdtemp(prefix="codelift-bench-kd-"))
     work.mkdir(parents=True, exist_ok=True)
     teacher = prepare_model(args.teacher)

@@ -111,7 +111,7 @@ def main() -> None:
         train, val, out = map(Path, args.trl_worker)
         return trl_worker(args.model, train, val, out, args.steps, args.batch_size)
 
-    console = Console()
+    console = Console(width=200)  # a pipe or file gets the whole table, not 80 squeezed columns
     work = Path(tempfile.mkdtemp(prefix="codelift-bench-sft-"))
     train, val = prepare_data(work, args.data_dir)
     results = {}
