@@ -134,8 +134,15 @@ def test_openai_backend_names_an_endpoint_it_cannot_reach(tiny_model_dir):
         make_generator(str(tiny_model_dir), "openai", endpoint=f"http://127.0.0.1:{port}/v1", max_retries=0)
 
 
-def test_best_dtype_follows_the_hardware():
-    assert best_dtype() in (torch.float32, torch.bfloat16, torch.float16)
+def test_best_dtype_follows_the_hardware(monkeypatch):
+    """bf16 on a CPU that has it natively, fp32 on one that would emulate it (read from /proc/cpuinfo)."""
+    from codelift import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: "flags : fpu avx512f avx512_bf16 amx_bf16")
+    assert best_dtype() == torch.bfloat16
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: "flags : fpu avx2 avx512f")
+    assert best_dtype() == torch.float32
 
 
 def test_stop_sequences_and_code_extraction():

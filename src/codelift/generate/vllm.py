@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 from codelift.errors import CodeliftError
 from codelift.generate.core import Generation, Generator, check_sampling, truncate_at_stop
@@ -108,20 +109,34 @@ def sampling_params(count: int, *, n: int, max_new_tokens: int, temperature: flo
                            seed=seed + i, logprobs=0, **nucleus) for i in range(count)]
 
 
-def as_generation(prompt: str, output, stop: Sequence[str], eos: int | None, seconds: float) -> Generation:
-    """A vLLM RequestOutput as our Generation: text cut at the stops, EOS not counted, mean logprob."""
-    counts = [len(c.token_ids) - (1 if c.token_ids and c.token_ids[-1] == eos else 0) for c in output.outputs]
-    return Generation(prompt, [truncate_at_stop(c.text, stop) for c in output.outputs], counts, seconds,
-                      [c.cumulative_logprob / len(c.token_ids) if c.token_ids and c.cumulative_logprob is not None
-                       else None for c in output.outputs])
+def as_generations(prompts: Sequence[str], outputs, stop: Sequence[str], eos: int | None,
+                   seconds: float) -> list[Generation]:
+    """vLLM RequestOutputs as our Generations: text cut at the stops, EOS not counted, mean logprob,
+    and each prompt's share of the `seconds` they took."""
+    share = seconds / max(len(prompts), 1)
+    results = []
+    for prompt, output in zip(prompts, outputs):
+        counts = [len(c.token_ids) - (1 if c.token_ids and c.token_ids[-1] == eos else 0) for c in output.outputs]
+        results.append(Generation(prompt, [truncate_at_stop(c.text, stop) for c in output.outputs], counts, share,
+                                  [c.cumulative_logprob / len(c.token_ids) if c.token_ids and c.cumulative_logprob
+                                   is not None else None for c in output.outputs]))
+    return results
 
 
-def engine_stopped(error: Exception) -> CodeliftError:
-    timeout = os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
-    return CodeliftError(f"vLLM's engine stopped while generating ({type(error).__name__}: {error}). What was "
-                         f"generated before is kept: run the same command again to resume. If a step timed out (a "
-                         f"busy or small CPU), give it more time, e.g. VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1200 "
-                         f"(now {timeout}).")
+@contextmanager
+def engine_errors():
+    """The engine dying mid-generation becomes one sentence saying how to resume; a bad request's
+    error passes through as it is."""
+    try:
+        yield
+    except Exception as e:
+        if not engine_died(e):
+            raise
+        timeout = os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
+        raise CodeliftError(f"vLLM's engine stopped while generating ({type(e).__name__}: {e}). What was "
+                            f"generated before is kept: run the same command again to resume. If a step timed out "
+                            f"(a busy or small CPU), give it more time, e.g. VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1200 "
+                            f"(now {timeout}).") from None
 
 
 OPTIONS = ("dtype", "tensor_parallel_size", "enforce_eager", "max_model_len", "gpu_memory_utilization",
@@ -151,15 +166,9 @@ class VLLMGenerator(Generator):
                                  top_p=top_p, stop=stop, seed=seed, nucleus_processor=self.nucleus_processor)
         inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
         began = time.perf_counter()
-        try:
+        with engine_errors():
             outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
-        except Exception as e:
-            if engine_died(e):
-                raise engine_stopped(e) from None
-            raise
-        share = (time.perf_counter() - began) / max(len(prompts), 1)
-        return [as_generation(prompt, output, stop, self.tokenizer.eos_token_id, share)
-                for prompt, output in zip(prompts, outputs)]
+        return as_generations(prompts, outputs, stop, self.tokenizer.eos_token_id, time.perf_counter() - began)
 
     def beam_search(self, prompts: Sequence[str], *, beams: int, max_new_tokens: int = 256,
                     stop: Sequence[str] = ()) -> list[Generation]:
@@ -224,15 +233,9 @@ class AsyncVLLMGenerator(Generator):
                 last = output
             return last
 
-        try:
+        with engine_errors():
             outputs = await asyncio.gather(*(final(p, s) for p, s in zip(prompts, params)))
-        except Exception as e:
-            if engine_died(e):
-                raise engine_stopped(e) from None
-            raise
-        share = (time.perf_counter() - began) / max(len(prompts), 1)
-        return [as_generation(prompt, output, stop, self.tokenizer.eos_token_id, share)
-                for prompt, output in zip(prompts, outputs)]
+        return as_generations(prompts, outputs, stop, self.tokenizer.eos_token_id, time.perf_counter() - began)
 
     def close(self) -> None:
         if getattr(self, "engine", None) is not None:
