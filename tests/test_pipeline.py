@@ -364,3 +364,41 @@ def test_the_run_indexes_instruction_only_documents_when_asked(data_dir, tmp_pat
                                     ctx=RunContext(data_dir, "none", Console(quiet=True)))
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["document"] == "instruction"
     assert outputs["index"] == str(tmp_path / "index")
+
+
+def test_the_prefer_stage_trains_the_distilled_student_and_adds_its_row(tiny_model_dir, data_dir, tmp_path):
+    """The stage resumes a finished answers log (the student's judged samples), trains, merges and hands
+    on its model; the ablation gains a kd+prefer row after kd, and +select follows the final student."""
+    from rich.console import Console
+
+    from codelift.config import EvalStage, PreferStage
+    from codelift.data import load_tasks
+    from codelift.io import write_jsonl
+    from codelift.pipeline import RunContext, Stage, ablation_variants, prefer_passing
+
+    tasks = load_tasks("mbpp", "train", data_dir=data_dir)[:8]
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, (t.to_dict() for t in tasks))
+    settings = PreferStage(enabled=True, samples_per_task=2, max_steps=1, batch_size=2, max_length=192,
+                           eval_before_training=False, bf16=False)
+    folder = tmp_path / "prefer"
+    folder.mkdir()
+    write_jsonl(folder / "answers.jsonl", [{"settings": {
+        "teacher": str(tiny_model_dir), "samples_per_task": 2, "max_new_tokens": settings.max_new_tokens,
+        "temperature": settings.sample_temperature, "seed": settings.seed}}] + [
+        {"task_id": t.task_id, "answers": [f"```python\n{t.solution}```", "```python\ndef f():\n    return 0\n```"]}
+        for t in tasks])
+    kd = Stage("distill", tmp_path, {"model": str(tiny_model_dir)}, "fp")
+    outputs = prefer_passing(folder, settings, kd, Stage("data", tmp_path, {"train": str(train)}, "fp"),
+                             ctx=RunContext(data_dir, "none", Console(quiet=True)))
+    assert outputs["model"] == str(folder / "merged") and (folder / "merged" / "config.json").is_file()
+    assert json.loads((folder / "run.json").read_text())["preference_yield"]["pairs"] == 8
+
+    def stage(name, model):
+        return Stage(name, tmp_path / name, {"model": model}, "fp")
+
+    off = Stage("off", tmp_path, {}, "fp", ran=False)
+    variants = ablation_variants(EvalStage(candidates=4), stage("teacher", "t"), stage("student", "s"), off,
+                                 kd, off, off, prefer=stage("prefer", outputs["model"]))
+    assert [v.name for v in variants] == ["base", "kd", "kd+prefer", "kd+prefer+select", "teacher", "teacher+select"]
+    assert variants[2].model == outputs["model"] and variants[2].vs is None

@@ -257,6 +257,44 @@ def sft(model: Annotated[str, typer.Option(help="Model to fine-tune: embedded na
         console.print(_table(f"sft {manifest['config']['method']} -> {out}", {k: manifest[k] for k in TRAINING_KEYS if k in manifest}))
 
 
+@app.command()
+def prefer(model: Annotated[str, typer.Option(help="Model to improve (it also writes the answers): name, folder, or a run folder (its merged model).")],
+           data: Annotated[str, typer.Option(help="Training tasks with tests (JSONL from `codelift data prepare`).")],
+           out: Annotated[Path, typer.Option(help="Run folder: answers.jsonl, preference_pairs.jsonl, preference_yield.json, adapter, metrics.")],
+           samples_per_task: Annotated[int | None, typer.Option(help="Answers the model samples per task, K (default 8).")] = None,
+           sample_temperature: Annotated[float | None, typer.Option(help="Their sampling temperature (default 0.7).")] = None,
+           pairs_per_task: Annotated[int | None, typer.Option(help="(passing, failing) pairs kept per task (default 2).")] = None,
+           beta: Annotated[float | None, typer.Option(help="DPO beta: how far from the model before training the preference may pull (default 0.1).")] = None,
+           nll_weight: Annotated[float | None, typer.Option(help="Weight of the passing answer's NLL per token (RPO; 0: plain DPO; default 1).")] = None,
+           generation_backend: Annotated[str | None, typer.Option(help="How the model answers, hf or vllm.")] = None,
+           max_new_tokens: int | None = None,
+           method: Method = None, config: ConfigFile = None,
+           epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+           learning_rate: LearningRate = None, optimizer: Optimizer = None,
+           grad_accum: int | None = None, weight_decay: float | None = None, max_grad_norm: float | None = None,
+           max_length: int | None = None, prompt_format: PromptFormat = None, seed: int | None = None,
+           report_to: ReportTo = None, merge: Merge = False):
+    """Preference optimisation on execution feedback: the model answers each task K times, the sandbox
+    runs the answers on the task's tests, and DPO (+ NLL) raises its passing answers over its failing ones.
+
+    Every SFT option applies. Re-running the same command resumes (the answers log, then training)."""
+    from codelift.config import PreferenceConfig, load_config
+    from codelift.train.preference import train_preference
+
+    overrides = dict(samples_per_task=samples_per_task, sample_temperature=sample_temperature,
+                     pairs_per_task=pairs_per_task, beta=beta, nll_weight=nll_weight,
+                     generation_backend=generation_backend, max_new_tokens=max_new_tokens,
+                     method=method, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                     learning_rate=learning_rate, optimizer=optimizer, grad_accum=grad_accum,
+                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length,
+                     prompt_format=prompt_format, seed=seed, report_to=report_to)
+    cfg = load_config(PreferenceConfig, config, overrides)
+    manifest = train_preference(model, data, out, cfg, merge=merge)
+    if manifest:
+        console.print(_table(f"prefer -> {out}", {k: manifest[k] for k in TRAINING_KEYS if k in manifest}
+                             | manifest["preference_yield"]))
+
+
 @distill_app.callback(invoke_without_command=True)
 def distill(ctx: typer.Context,
             student: Annotated[str | None, typer.Option(help="Student: model name, folder, or an SFT run folder (its merged model).")] = None,

@@ -105,6 +105,24 @@ class DistillConfig(SFTConfig):
     token_kd: bool = False  # sequence: also logit KD toward the teacher on the kept answers (one tokenizer)
 
 
+class PreferenceConfig(SFTConfig):
+    """`prefer`: every SFT setting, plus how the model's own answers are sampled and paired.
+
+    Loss per pair = -log sigmoid(beta * (chosen margin - rejected margin)) + nll_weight * the
+    chosen answer's mean NLL per token; a margin is log p(answer) now less before training.
+    """
+
+    samples_per_task: int = Field(8, ge=2)  # sampled at sample_temperature; pairs need two outcomes
+    sample_temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int = 384
+    generation_backend: Literal["hf", "vllm"] = "hf"
+    pairs_per_task: int = Field(2, ge=1)  # (passing, failing) pairs per task, answers spread evenly
+    beta: float = Field(0.1, gt=0)  # how far from the reference the preference may pull
+    nll_weight: float = Field(1.0, ge=0)  # RPO: 0 is plain DPO
+    epochs: float = 1.0
+    group_by_length: bool = False
+
+
 class PlanGenerateConfig(BaseModel):
     """`plan generate`: how the teacher writes plans by backward reasoning and how they are checked."""
 
@@ -178,6 +196,13 @@ class DistillStage(DistillConfig):
 
     enabled: bool = False
     cache_top_k: int | None = None  # logit mode: cache the teacher's top-k log-probs first (None: online)
+
+
+class PreferStage(PreferenceConfig):
+    """Preference optimisation inside `codelift run`, after KD: every `PreferenceConfig` field and
+    whether the stage runs at all."""
+
+    enabled: bool = False
 
 
 class PlanStage(PlanConfig):
@@ -323,6 +348,7 @@ class RunConfig(BaseModel):
     student: StudentStage = StudentStage()
     sft: SFTStage = SFTStage(method="lora", max_steps=20, eval_every_epochs=0.05)
     distill: DistillStage = DistillStage()
+    prefer: PreferStage = Field(PreferStage(), json_schema_extra=ADDED_LATER)
     plan: PlanStage = PlanStage()
     rag: RagStage = RagStage()
     eval: EvalStage = EvalStage()
@@ -335,7 +361,8 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _stages_fit_together(self) -> RunConfig:
         """Combinations that would otherwise fail hours into a run."""
-        for where, stage in (("sft", self.sft), ("teacher.sft", self.teacher.sft), ("plan", self.plan)):
+        for where, stage in (("sft", self.sft), ("teacher.sft", self.teacher.sft), ("prefer", self.prefer),
+                             ("plan", self.plan)):
             if stage.enabled and stage.method in ("prompt", "prefix"):
                 raise ValueError(f"{where}.method: {stage.method} tuning learns virtual tokens that cannot be merged "
                                  f"into the weights, and the next stages need a plain model folder; use lora, ia3, "

@@ -1,7 +1,7 @@
 """`codelift run`: the recipe, one line per stage, every artifact under one folder.
 
 data -> teacher (given, or fine-tuned) -> student (given, or the teacher pruned) -> SFT -> KD
--> plan distillation -> knowledge-base index -> evaluation of every variant (the ablation) ->
+-> preference optimisation on the student's own judged answers -> plan distillation -> knowledge-base index -> evaluation of every variant (the ablation) ->
 report. Each stage writes its own folder and hands the next what it made. A stage is finished
 when its run.json carries the fingerprint of the settings and inputs it was made from: a re-run
 skips finished stages, resumes an interrupted one (SFT and evaluation continue from their
@@ -47,8 +47,9 @@ def run_pipeline(cfg: RunConfig, out: Path, *, data_dir: Path | None = None, con
     write_json(out / "config.json", run_manifest(cfg.model_dump(), stage="run"))
     models = train_models(cfg, stages)
     index = stages.run("index", build_knowledge_index, cfg.rag, enabled=cfg.rag.enabled)
-    compared = [models.forward_plan] if models.forward_plan.ran else []  # so earlier eval folders still resume
-    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models[:5], index, *compared)
+    # stages that are usually off join the inputs only when they ran, so earlier eval folders still resume
+    optional = [stage for stage in (models.prefer, models.forward_plan) if stage.ran]
+    evaluation = stages.run("eval", evaluate_variants, cfg.eval, *models[:4], models.plan, index, *optional)
     return json.loads(Path(evaluation.outputs["ablation"]).read_text())
 
 
@@ -60,6 +61,7 @@ class Models(NamedTuple):
     student: Stage
     sft: Stage
     kd: Stage
+    prefer: Stage
     plan: Stage
     forward_plan: Stage
 
@@ -70,12 +72,13 @@ def train_models(cfg: RunConfig, stages: Stages) -> Models:
     student = stages.run("student", make_student, cfg.student, teacher)
     sft = stages.run("sft", fine_tune, cfg.sft, student, data, enabled=cfg.sft.enabled)
     kd = stages.run("distill", distill, cfg.distill, sft, teacher, data, enabled=cfg.distill.enabled)
-    plan = stages.run("plan", plan_distill, cfg.plan, kd, teacher, data, enabled=cfg.plan.enabled)
+    prefer = stages.run("prefer", prefer_passing, cfg.prefer, kd, data, enabled=cfg.prefer.enabled)
+    plan = stages.run("plan", plan_distill, cfg.plan, prefer, teacher, data, enabled=cfg.plan.enabled)
     forward = cfg.plan.model_copy(update={"generate": cfg.plan.generate.model_copy(update={"direction": "forward"}),
                                           "plans_file": None, "compare_forward": False})
-    forward_plan = stages.run("plan-forward", plan_distill, forward, kd, teacher, data,
+    forward_plan = stages.run("plan-forward", plan_distill, forward, prefer, teacher, data,
                               enabled=cfg.plan.enabled and cfg.plan.compare_forward)
-    return Models(teacher, student, sft, kd, plan, forward_plan)
+    return Models(teacher, student, sft, kd, prefer, plan, forward_plan)
 
 
 # --- Validation of the whole run, before any work ------------------------------------------------
@@ -305,6 +308,15 @@ def distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage,
     return {"model": prepare_model(str(folder))}
 
 
+def prefer_passing(folder: Path, settings, student: Stage, data: Stage, *, ctx: RunContext) -> dict:
+    """The (distilled) student answers the training tasks, and learns to prefer its passing answers."""
+    from codelift.train.preference import train_preference
+
+    train_preference(student.outputs["model"], data.outputs["train"], folder, tracked(settings, ctx.report_to),
+                     merge=settings.method != "full")
+    return {"model": prepare_model(str(folder))}
+
+
 def plan_distill(folder: Path, settings, student: Stage, teacher: Stage, data: Stage, *, ctx: RunContext) -> dict:
     """Plans for the training tasks (given in `plan.plans_file`, or written now by the teacher);
     then the student, which has already learnt every task's code, learns code and plans together
@@ -350,11 +362,14 @@ def build_knowledge_index(folder: Path, settings, *, ctx: RunContext) -> dict:
 
 
 def evaluate_variants(folder: Path, settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage,
-                      plan: Stage, index: Stage, forward_plan: Stage | None = None, *, ctx: RunContext) -> dict:
+                      plan: Stage, index: Stage, *optional: Stage, ctx: RunContext) -> dict:
     """Every variant on every benchmark with one harness; then the ablation table. The evaluations
     of one model (its benchmarks, its +select and +rag rows) share one generator, so a vLLM engine
-    starts once per model rather than once per row and benchmark."""
-    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index, forward_plan)
+    starts once per model rather than once per row and benchmark. `optional` holds the usually-off
+    stages that ran (prefer, plan-forward), by name."""
+    ran = {stage.name: stage for stage in optional}
+    variants = ablation_variants(settings, teacher, student, sft, kd, plan, index, ran.get("plan-forward"),
+                                 prefer=ran.get("prefer"))
     pending = [(variant, benchmark) for variant in variants for benchmark in settings.benchmarks
                if not (variant_folder(folder, variant.name, benchmark) / "summary.json").is_file()]
     for model in dict.fromkeys(variant.model for variant, _ in pending):
@@ -399,16 +414,16 @@ def eval_config(settings: EvalStage, model: str, benchmark: str, **changes) -> E
 
 
 def ablation_variants(settings: EvalStage, teacher: Stage, student: Stage, sft: Stage, kd: Stage, plan: Stage,
-                      index: Stage, forward_plan: Stage | None = None) -> list[Variant]:
+                      index: Stage, forward_plan: Stage | None = None, *, prefer: Stage | None = None) -> list[Variant]:
     """The rows: the base student, each weight-training stage that ran (names accumulate: sft,
-    sft+kd), that student choosing among samples by their visible tests (eval.candidates), asked to
+    sft+kd, sft+kd+prefer), that student choosing among samples by their visible tests (eval.candidates), asked to
     plan then code in one answer (eval.chain_of_thought), with retrieval; the plan-trained student with plan sampling, and with
     retrieval too (everything combined), and the student trained on forward plans instead
     (plan.compare_forward); the teacher. Each row is compared with the one it adds
     a single change to."""
     variants = [Variant("base", student.outputs["model"], stage=student.name, cost=student.cost)]
-    for stage, tag in ((sft, "sft"), (kd, "kd")):
-        if stage.ran:
+    for stage, tag in ((sft, "sft"), (kd, "kd"), (prefer, "prefer")):
+        if stage is not None and stage.ran:
             variants.append(Variant(extended(variants[-1].name, tag), stage.outputs["model"], stage=stage.name,
                                     cost=stage.cost))
     trained = variants[-1]

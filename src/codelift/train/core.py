@@ -101,6 +101,8 @@ class StageTrainer(Trainer):
     that the loss takes it. Parts of the loss (CE, KD) are logged apart at every logging step.
     """
 
+    length_column = "input_ids"  # what length-grouped batching measures
+
     def __init__(self, *args, token_loss: TokenLoss, **kwargs):
         super().__init__(*args, **kwargs)
         self.token_loss = token_loss
@@ -134,7 +136,7 @@ class StageTrainer(Trainer):
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
         return EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                               [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
+                                               [len(ids) for ids in dataset[self.length_column]], self.args.data_seed)
 
 
 def training_arguments(cfg: SFTConfig, out: Path, train_size: int, world_size: int,

@@ -113,13 +113,17 @@ def response_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     [tokens, hidden] states through the head in chunks, so no [batch, seq, vocab] tensor exists.
     Prompt tuning prepends virtual tokens, so positions are aligned from the right.
     """
+    hidden, targets = predicting_states(model, batch)
+    mask = targets != IGNORE_INDEX
+    return hidden[mask], targets[mask]
+
+
+def predicting_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, seq - 1, hidden] final hidden states and the [rows, seq - 1] labels they predict."""
     labels = batch["labels"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, -labels.shape[1]:-1]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    return hidden[mask], targets[mask]
+    return out.hidden_states[-1][:, -labels.shape[1]:-1], labels[:, 1:]
 
 
 def output_logits(model, vocab: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -144,6 +148,24 @@ def cross_entropy_loss(model, batch: dict, chunk_size: int = 1024) -> dict:
     logits = output_logits(model)
     (ce,) = chunked_sums(lambda h, y: (cross_entropy_sum(logits(h), y),), hidden, targets, chunk_size=chunk_size)
     return {"loss": ce, "tokens": targets.numel()}
+
+
+def sequence_log_probs(model, batch: dict, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its response tokens, and how many there are (the
+    sequence scores preference losses compare), computed chunk by chunk like the SFT loss."""
+    hidden, targets = predicting_states(model, batch)
+    mask = targets != IGNORE_INDEX
+    rows = mask.nonzero()[:, 0]
+    logits = output_logits(model)
+
+    def chunk(h, y, r):
+        scores = logits(h)
+        with torch.autocast(h.device.type, enabled=False):
+            token_log_probs = -F.cross_entropy(scores.float(), y, reduction="none")
+        return (torch.zeros(len(targets), device=h.device).index_add(0, r, token_log_probs),)
+
+    (sums,) = chunked_sums(chunk, hidden[mask], targets[mask], rows, chunk_size=chunk_size)
+    return sums, mask.sum(1)
 
 
 def distillation_objective(ce: torch.Tensor, kd: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
