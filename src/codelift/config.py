@@ -119,6 +119,7 @@ class PreferenceConfig(SFTConfig):
     pairs_per_task: int = Field(2, ge=1)  # (passing, failing) pairs per task, answers spread evenly
     beta: float = Field(0.1, gt=0)  # how far from the reference the preference may pull
     nll_weight: float = Field(1.0, ge=0)  # RPO: 0 is plain DPO
+    lora_dropout: float = 0.0  # the margins compare with dropout-free reference scores, so none in training
     epochs: float = 1.0
     group_by_length: bool = False
 

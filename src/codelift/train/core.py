@@ -118,10 +118,11 @@ class StageTrainer(Trainer):
         loss = sums["loss"] / count
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        if model.training:
+        if model.training:  # parts are logged per optimizer step, scaled as the loss is
+            scale = count if self.loss_is_scaled_for_ga else count * self.current_gradient_accumulation_steps
             for name, value in sums.items():
                 if name not in ("loss", "tokens"):
-                    self._parts[name] = self._parts.get(name, 0.0) + float(value.detach() / count)
+                    self._parts[name] = self._parts.get(name, 0.0) + float(value.detach() / scale)
         return (loss, {}) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
