@@ -185,8 +185,7 @@ def reference_log_probs(lm, examples, collator: PairCollator, cfg: PreferenceCon
     rows = list(examples)
     for start in track(range(0, len(rows), cfg.batch_size), description="reference log-probabilities"):
         batch = collator(rows[start:start + cfg.batch_size])
-        with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
-                            enabled=use_bf16(cfg.bf16)):
+        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16)):
             log_probs, _ = sequence_log_probs(lm, batch, cfg.loss_chunk_size)
         half = log_probs.shape[0] // 2
         values += [[c, r] for c, r in zip(log_probs[:half].tolist(), log_probs[half:].tolist())]
