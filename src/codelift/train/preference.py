@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.progress import track
 from transformers import DataCollatorForSeq2Seq, set_seed
 
-from codelift.config import DistillConfig, PreferenceConfig
+from codelift.config import PreferenceConfig
 from codelift.data import Task, load_tasks
 from codelift.errors import CodeliftError
 from codelift.io import write_json, write_jsonl
@@ -37,7 +37,7 @@ from codelift.prompts import task_training_example
 from codelift.train.core import StageTrainer, fit, split_examples, use_bf16, with_prompt_format
 from codelift.train.data import IGNORE_INDEX, encode_example
 from codelift.train.losses import sequence_log_probs
-from codelift.train.sequence_kd import keep_answers, teacher_answers
+from codelift.train.sequence_kd import judge_answers, teacher_answers
 
 
 def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *, merge: bool = False) -> dict:
@@ -50,7 +50,7 @@ def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *,
     tasks = load_tasks(data)
     out.mkdir(parents=True, exist_ok=True)
     answers = teacher_answers(model_path, tasks, out / "answers.jsonl", cfg)
-    _, outcomes = keep_answers(tasks, answers, DistillConfig(mode="sequence", keep_per_task=cfg.samples_per_task))
+    outcomes = judge_answers(tasks, answers)
     pairs = preference_pairs(tasks, outcomes, cfg.pairs_per_task)
     report = pair_yield(tasks, outcomes, pairs)
     write_json(out / "preference_yield.json", report)

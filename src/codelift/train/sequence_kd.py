@@ -94,7 +94,25 @@ def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConf
 
 def keep_answers(tasks: list[Task], answers: dict[str, list[str]], cfg: DistillConfig) -> tuple[list[Task], list[dict]]:
     """The kept answers as tasks (the teacher's code as solution; several per task when more than one
-    distinct answer passes), and one outcome row per answer: task_id, sample, outcome."""
+    distinct answer passes), and one outcome row per answer: task_id, sample, code, outcome."""
+    outcomes = judge_answers(tasks, answers, include_unverified=cfg.include_unverified,
+                             filter_by_tests=cfg.filter_by_tests)
+    kept, per_task = [], Counter()
+    by_id = {t.task_id: t for t in tasks}
+    for row in outcomes:
+        if row["outcome"].startswith("kept"):
+            if per_task[row["task_id"]] >= cfg.keep_per_task:
+                row["outcome"] = "dropped: over keep_per_task"
+                continue
+            per_task[row["task_id"]] += 1
+            kept.append(dataclasses.replace(by_id[row["task_id"]], solution=row["code"] + "\n"))
+    return kept, outcomes
+
+
+def judge_answers(tasks: list[Task], answers: dict[str, list[str]], *, include_unverified: bool = False,
+                  filter_by_tests: bool = True) -> list[dict]:
+    """One outcome row per answer (task_id, sample, code, outcome): its code runs in the sandbox on the
+    task's tests; an answer without Python code, or repeating an earlier one of its task, is not run."""
     from codelift.evaluate.score import score_samples
     from codelift.generate import extract_code
 
@@ -109,7 +127,7 @@ def keep_answers(tasks: list[Task], answers: dict[str, list[str]], cfg: DistillC
             elif code in seen:
                 row["outcome"] = "dropped: duplicate"
             elif not task.tests:
-                row["outcome"] = "kept: compiles, unverified" if cfg.include_unverified else "dropped: no tests to check"
+                row["outcome"] = "kept: compiles, unverified" if include_unverified else "dropped: no tests to check"
             else:
                 pending.append((task, row))
             seen.add(code)
@@ -118,18 +136,9 @@ def keep_answers(tasks: list[Task], answers: dict[str, list[str]], cfg: DistillC
         judged, _ = score_samples([t for t, _ in pending], [{"task_id": t.task_id, "solution": r["code"] + "\n"}
                                                           for t, r in pending], k=[1])
         for (_, row), result in zip(pending, judged):
-            passed = result["passed"] or not cfg.filter_by_tests
+            passed = result["passed"] or not filter_by_tests
             row["outcome"] = "kept: passed the tests" if passed else "dropped: failed the tests"
-    kept, per_task = [], Counter()
-    by_id = {t.task_id: t for t in tasks}
-    for row in outcomes:
-        if row["outcome"].startswith("kept"):
-            if per_task[row["task_id"]] >= cfg.keep_per_task:
-                row["outcome"] = "dropped: over keep_per_task"
-                continue
-            per_task[row["task_id"]] += 1
-            kept.append(dataclasses.replace(by_id[row["task_id"]], solution=row["code"] + "\n"))
-    return kept, outcomes
+    return outcomes
 
 
 def yield_report(tasks: list[Task], kept: list[Task], outcomes: list[dict]) -> dict:
