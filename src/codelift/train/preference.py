@@ -37,7 +37,7 @@ from codelift.prompts import task_training_example
 from codelift.train.core import StageTrainer, fit, split_examples, use_bf16, with_prompt_format
 from codelift.train.data import IGNORE_INDEX, encode_example
 from codelift.train.losses import sequence_log_probs
-from codelift.train.sequence_kd import judge_answers, teacher_answers
+from codelift.train.sequence_kd import FAILED, PASSED, judge_answers, teacher_answers
 
 
 def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *, merge: bool = False) -> dict:
@@ -86,9 +86,9 @@ def preference_pairs(tasks: list[Task], outcomes: list[dict], pairs_per_task: in
     each answer used as evenly as the counts allow (in sampling order, so a rerun pairs alike)."""
     passed, failed = defaultdict(list), defaultdict(list)
     for row in outcomes:
-        if row["outcome"] == "kept: passed the tests":
+        if row["outcome"] == PASSED:
             passed[row["task_id"]].append(row["code"])
-        elif row["outcome"] == "dropped: failed the tests":
+        elif row["outcome"] == FAILED:
             failed[row["task_id"]].append(row["code"])
     pairs = []
     for task in tasks:
@@ -102,10 +102,10 @@ def pair_yield(tasks: list[Task], outcomes: list[dict], pairs: list[dict]) -> di
     by_task = defaultdict(set)
     for row in outcomes:
         by_task[row["task_id"]].add(row["outcome"])
-    both = sum({"kept: passed the tests", "dropped: failed the tests"} <= seen for seen in by_task.values())
+    both = sum({PASSED, FAILED} <= seen for seen in by_task.values())
     return {"tasks": len(tasks), "answers": len(outcomes),
-            "passed": sum(r["outcome"] == "kept: passed the tests" for r in outcomes),
-            "failed": sum(r["outcome"] == "dropped: failed the tests" for r in outcomes),
+            "passed": sum(r["outcome"] == PASSED for r in outcomes),
+            "failed": sum(r["outcome"] == FAILED for r in outcomes),
             "tasks_with_both": both, "pairs": len(pairs)}
 
 

@@ -30,7 +30,8 @@ from codelift.io import append_rows, resume_log, write_json, write_jsonl
 from codelift.prompts import default_format, prompt_stop, render_prompt
 
 ANSWER_BATCH = 32  # tasks per appended chunk of answers
-OUTCOMES = ("kept: passed the tests", "kept: compiles, unverified", "dropped: failed the tests",
+PASSED, FAILED = "kept: passed the tests", "dropped: failed the tests"  # the two outcomes a sandbox run gives
+OUTCOMES = (PASSED, "kept: compiles, unverified", FAILED,
             "dropped: no tests to check", "dropped: no Python code", "dropped: duplicate", "dropped: over keep_per_task")
 
 
@@ -137,7 +138,7 @@ def judge_answers(tasks: list[Task], answers: dict[str, list[str]], *, include_u
                                                           for t, r in pending], k=[1])
         for (_, row), result in zip(pending, judged):
             passed = result["passed"] or not filter_by_tests
-            row["outcome"] = "kept: passed the tests" if passed else "dropped: failed the tests"
+            row["outcome"] = PASSED if passed else FAILED
     return outcomes
 
 
