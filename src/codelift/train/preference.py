@@ -49,7 +49,7 @@ def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *,
     cfg = with_prompt_format(cfg, tokenizer)
     tasks = load_tasks(data)
     out.mkdir(parents=True, exist_ok=True)
-    answers = teacher_answers(model_path, tasks, out / "answers.jsonl", cfg)
+    answers = teacher_answers(model_path, tasks, out / "answers.jsonl", cfg, role="student")
     outcomes = judge_answers(tasks, answers)
     pairs = preference_pairs(tasks, outcomes, cfg.pairs_per_task)
     report = pair_yield(tasks, outcomes, pairs)

@@ -66,9 +66,11 @@ def verified_teacher_data(teacher: str | None, student: str, data: str, out: Pat
     return path, {"teacher": teacher, "student": student, "data": data, "teacher_yield": report["answers"]}
 
 
-def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig) -> dict[str, list[str]]:
-    """task_id -> the teacher's answers (full text); tasks already in `log` are not asked again, and
-    the log is resumed only with the settings that started it."""
+def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig, *,
+                    role: str = "teacher") -> dict[str, list[str]]:
+    """task_id -> the answers of `teacher` (full text); tasks already in `log` are not asked again, and
+    the log is resumed only with the settings that started it. `role` names who answers in the
+    progress bar (prefer asks the student itself)."""
     from codelift.generate import make_generator
 
     sampled = cfg.samples_per_task > 1
@@ -81,7 +83,7 @@ def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConf
     with make_generator(teacher, backend=cfg.generation_backend, progress=False) as generator:
         fmt = default_format(generator.tokenizer)
         position = {t.task_id: i for i, t in enumerate(tasks)}  # seeds follow the task, so a resumed run samples alike
-        for start in track(range(0, len(missing), ANSWER_BATCH), description=f"teacher answers ({len(missing)} tasks)"):
+        for start in track(range(0, len(missing), ANSWER_BATCH), description=f"{role} answers ({len(missing)} tasks)"):
             batch = missing[start:start + ANSWER_BATCH]
             results = generator.generate([render_prompt(t, fmt, generator.tokenizer) for t in batch],
                                          n=cfg.samples_per_task, max_new_tokens=cfg.max_new_tokens,
