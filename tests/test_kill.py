@@ -100,10 +100,10 @@ import sys
 from pathlib import Path
 from codelift.config import DistillConfig
 from codelift.data import load_tasks
-from codelift.train.sequence_kd import teacher_answers
+from codelift.train.sequence_kd import sample_answers
 
 cfg = DistillConfig(mode="sequence", samples_per_task=2, sample_temperature=0.8, max_new_tokens=8)
-teacher_answers(sys.argv[1], load_tasks(sys.argv[2]), Path(sys.argv[3]), cfg)
+sample_answers(sys.argv[1], load_tasks(sys.argv[2]), Path(sys.argv[3]), cfg)
 """
 
 

@@ -37,7 +37,7 @@ from codelift.prompts import task_training_example
 from codelift.train.core import StageTrainer, fit, split_examples, use_bf16, with_prompt_format
 from codelift.train.data import IGNORE_INDEX, encode_example
 from codelift.train.losses import sequence_log_probs
-from codelift.train.sequence_kd import FAILED, PASSED, judge_answers, teacher_answers
+from codelift.train.sequence_kd import FAILED, PASSED, judge_answers, sample_answers
 
 
 def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *, merge: bool = False) -> dict:
@@ -49,7 +49,7 @@ def train_preference(model: str, data: str, out: Path, cfg: PreferenceConfig, *,
     cfg = with_prompt_format(cfg, tokenizer)
     tasks = load_tasks(data)
     out.mkdir(parents=True, exist_ok=True)
-    answers = teacher_answers(model_path, tasks, out / "answers.jsonl", cfg, role="student")
+    answers = sample_answers(model_path, tasks, out / "answers.jsonl", cfg, role="student")
     outcomes = judge_answers(tasks, answers)
     pairs = preference_pairs(tasks, outcomes, cfg.pairs_per_task)
     report = pair_yield(tasks, outcomes, pairs)

@@ -52,7 +52,7 @@ def verified_teacher_data(teacher: str | None, student: str, data: str, out: Pat
         raise CodeliftError("--mode sequence needs --teacher MODEL: the teacher writes the training answers.")
     tasks = load_tasks(data)
     out.mkdir(parents=True, exist_ok=True)
-    answers = teacher_answers(teacher, tasks, out / "teacher_answers.jsonl", cfg)
+    answers = sample_answers(teacher, tasks, out / "teacher_answers.jsonl", cfg)
     kept, outcomes = keep_answers(tasks, answers, cfg)
     report = yield_report(tasks, kept, outcomes)
     write_json(out / "teacher_yield.json", report)
@@ -66,21 +66,21 @@ def verified_teacher_data(teacher: str | None, student: str, data: str, out: Pat
     return path, {"teacher": teacher, "student": student, "data": data, "teacher_yield": report["answers"]}
 
 
-def teacher_answers(teacher: str, tasks: list[Task], log: Path, cfg: DistillConfig, *,
-                    role: str = "teacher") -> dict[str, list[str]]:
-    """task_id -> the answers of `teacher` (full text); tasks already in `log` are not asked again, and
-    the log is resumed only with the settings that started it. `role` names who answers in the
-    progress bar (prefer asks the student itself)."""
+def sample_answers(model: str, tasks: list[Task], log: Path, cfg: DistillConfig, *,
+                   role: str = "teacher") -> dict[str, list[str]]:
+    """task_id -> the answers of `model` (full text): the teacher's here, the student's own in prefer
+    (`role` names which in the progress bar). Tasks already in `log` are not asked again, and the log
+    is resumed only with the settings that started it (its key stays "teacher", so older logs resume)."""
     from codelift.generate import make_generator
 
     sampled = cfg.samples_per_task > 1
-    settings = {"teacher": teacher, "samples_per_task": cfg.samples_per_task, "max_new_tokens": cfg.max_new_tokens,
+    settings = {"teacher": model, "samples_per_task": cfg.samples_per_task, "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.sample_temperature if sampled else 0.0, "seed": cfg.seed}
     done = {task_id: row["answers"] for task_id, row in resume_log(log, settings).items()}
     missing = [t for t in tasks if t.task_id not in done]
     if not missing:
         return done
-    with make_generator(teacher, backend=cfg.generation_backend, progress=False) as generator:
+    with make_generator(model, backend=cfg.generation_backend, progress=False) as generator:
         fmt = default_format(generator.tokenizer)
         position = {t.task_id: i for i, t in enumerate(tasks)}  # seeds follow the task, so a resumed run samples alike
         for start in track(range(0, len(missing), ANSWER_BATCH), description=f"{role} answers ({len(missing)} tasks)"):
