@@ -91,9 +91,17 @@ def test_hub_rows_become_tasks(monkeypatch):
     assert task.task_id == "mbpp/11" and task.entry_point == "add"
 
 
+def test_source_names_its_split_as_run_configs_do(data_dir):
+    prompt = load_tasks("mbpp:prompt", data_dir=data_dir)
+    assert [t.task_id for t in prompt] == [t.task_id for t in load_tasks("mbpp", "prompt", data_dir=data_dir)]
+    assert len(prompt) == 10 and prompt[0].task_id == "mbpp/1"
+
+
 def test_wrong_split_and_source_are_named():
     with pytest.raises(CodeliftError, match="unknown split 'dev' for mbpp: expected one of train, validation"):
         load_tasks("mbpp", "dev")
+    with pytest.raises(CodeliftError, match="unknown split 'dev' for mbpp"):
+        load_tasks("mbpp:dev")
     with pytest.raises(CodeliftError, match="unknown data source 'leetcode'"):
         load_tasks("leetcode")
 

@@ -221,7 +221,7 @@ def generate(model: Annotated[str, typer.Argument(help="Model: embedded name, fo
 # Training options shared by every training stage (sft, distill): the same flags, the same meaning.
 Method = Annotated[str | None, typer.Option(help="full, lora, ia3, prompt, prefix, qlora4 or qlora8 (default lora).")]
 ConfigFile = Annotated[Path | None, typer.Option(help="YAML with the stage's settings; options given here win.")]
-Validation = Annotated[str | None, typer.Option(help="Validation tasks; default: a seeded 5% of --data.")]
+Validation = Annotated[str | None, typer.Option(help="Validation tasks: a file or SOURCE:SPLIT (e.g. mbpp:prompt); default: a seeded 5% of --data.")]
 LearningRate = Annotated[float | None, typer.Option(help="Default depends on the method.")]
 Optimizer = Annotated[str | None, typer.Option(help="adamw, adafactor, paged_adamw_8bit or adamw_8bit.")]
 Merge = Annotated[bool, typer.Option(help="Also write the adapter merged into the base as a plain folder.")]

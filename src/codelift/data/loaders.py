@@ -43,12 +43,17 @@ SOURCES = (*SPLITS, "FILE.json[l]")
 
 def load_tasks(source: str, split: str | None = None, *, data_dir: str | os.PathLike | None = None,
                fields: dict[str, str] | None = None, hub: bool = True) -> list[Task]:
-    """Load one benchmark or file as tasks. `fields` maps Task fields to a file's own keys;
-    `hub=False` looks only in local directories (no slow network retries)."""
+    """Load one benchmark or file as tasks; `source` may name its split as the run configs do
+    (`mbpp:prompt`). `fields` maps Task fields to a file's own keys; `hub=False` looks only in
+    local directories (no slow network retries)."""
     if source.endswith((".json", ".jsonl")) or Path(source).is_file():
         return load_file(source, fields or {})
+    if split is None:
+        source, _, split = source.partition(":")
+        split = split or None
     if source not in SPLITS:
-        raise CodeliftError(f"unknown data source '{source}': expected one of {', '.join(SOURCES)}.")
+        raise CodeliftError(f"unknown data source '{source}': expected one of {', '.join(SOURCES)} "
+                            f"(a source may name its split: mbpp:validation).")
     split = split or DEFAULT_SPLIT[source]
     if split not in SPLITS[source]:
         raise CodeliftError(f"unknown split '{split}' for {source}: expected one of {', '.join(SPLITS[source])}.")
