@@ -50,7 +50,6 @@ def load_tasks(source: str, split: str | None = None, *, data_dir: str | os.Path
         return load_file(source, fields or {})
     if split is None:
         source, _, split = source.partition(":")
-        split = split or None
     if source not in SPLITS:
         raise CodeliftError(f"unknown data source '{source}': expected one of {', '.join(SOURCES)} "
                             f"(a source may name its split: mbpp:validation).")
