@@ -447,6 +447,35 @@ def _examples_sweep(cfg, counts: list[int], out: Path, data_dir) -> None:
 
 
 @app.command()
+def compare(before: Annotated[Path, typer.Argument(help="Evaluation folder (`codelift eval --out`), or a run's eval/VARIANT folder.")],
+            after: Annotated[Path, typer.Argument(help="The same, for the model that should be better.")],
+            every_candidate: Annotated[bool, typer.Option(help="Selection runs: score every sampled candidate (each problem's pass rate at the sampling temperature) instead of the chosen one.")] = False,
+            json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")] = None):
+    """Is AFTER better than BEFORE on the same problems? Per benchmark and pooled: pass rates and their
+    difference with 95% bootstrap intervals (the difference's paired), problems newly solved and broken,
+    and the exact sign test.
+
+    Several samples per problem (--n-samples, or --every-candidate on a selection run) give each problem a
+    pass rate, and the test counts the problems whose rate went up or down: far more problems move than
+    under greedy decoding, so a real difference shows with fewer problems."""
+    from codelift.evaluate.ablation import compare_evaluations
+    from codelift.io import write_json
+
+    rows = compare_evaluations(before, after, every_candidate=every_candidate)
+    table = Table(title=f"{after} ({rows[0]['score_after']}) against {before} ({rows[0]['score_before']})")
+    for column in ("benchmark", "problems", "before [95% CI]", "after [95% CI]", "difference [95% CI]", "+ / -", "p"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    for row in rows:
+        table.add_row(row["benchmark"], str(row["problems"]),
+                      *(f"{row[side]:.3f} [{row[side + '_ci_low']:.3f}, {row[side + '_ci_high']:.3f}]"
+                        for side in ("before", "after", "difference")),
+                      f"+{row['newly_solved']} / -{row['broken']}", f"{row['p_value']:.2g}")
+    console.print(table)
+    if json_out is not None:
+        write_json(json_out, rows)
+
+
+@app.command()
 def serve(model: Annotated[str, typer.Argument(help="Model to serve: embedded name, folder, .gguf or hub id.")],
           backend: Annotated[str, typer.Option(help="hf (transformers) or vllm (extra).")] = "hf",
           host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to expose it.")] = "127.0.0.1",

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codelift.errors import CodeliftError
 from codelift.evaluate.stats import bootstrap_interval, paired_comparison, problem_scores
 from codelift.io import read_jsonl
 
@@ -81,16 +82,100 @@ def compared(row: dict, variant: Variant, rows: list[dict]) -> dict:
     return row | {"vs": before["variant"], **paired_comparison(before["scores"], row["scores"])}
 
 
-def variant_row(variant: Variant, folder: Path, resamples: int, confidence: float) -> dict:
-    """A plan-sampled or selection row scores the candidate it chose per problem: its pass@1 is the filtered
-    pass@1, marked with its sample budget so it is never read as plain pass@1."""
+def folder_scores(folder: Path, every_candidate: bool = False) -> tuple[dict[str, float], dict]:
+    """Each problem's pass rate in one evaluation folder, and its summary. A plan-sampled or selection run
+    scores the candidate it chose per problem: its pass@1 is the filtered pass@1, marked with its sample
+    budget so it is never read as plain pass@1. With `every_candidate` every sampled program counts
+    instead: each problem's pass rate at the sampling temperature, unselected."""
+    if not (folder / "summary.json").is_file():
+        raise CodeliftError(f"{folder}: no summary.json; give a folder written by `codelift eval` (or a run's "
+                            f"eval/VARIANT/BENCHMARK folder).")
     summary = json.loads((folder / "summary.json").read_text())
     samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]
-    budget = summary.get("sample_budget")
-    if budget:  # its summary already scores the chosen candidates
-        samples = [row for row in samples if row["selected"]]
-        summary["pass@1"] = summary["filtered_pass@1"]
+    if summary.get("sample_budget"):
+        if every_candidate:
+            summary["pass@1"], summary["sample_budget"] = summary["candidate_pass@1"], None
+        else:  # its summary already scores the chosen candidates
+            samples = [row for row in samples if row["selected"]]
+            summary["pass@1"] = summary["filtered_pass@1"]
     scores = problem_scores(samples)
+    return scores, summary | {"samples_per_problem": len(samples) / max(len(scores), 1)}
+
+
+def compare_evaluations(before: Path, after: Path, *, every_candidate: bool = False, resamples: int = 10_000,
+                        confidence: float = 0.95) -> list[dict]:
+    """Is `after` better than `before` on the same problems? One row per benchmark (and one pooled over all of
+    them when there are several): each side's pass rate with its interval, the mean per-problem difference
+    with its paired interval, the problems `after` newly solves and breaks, and the exact sign test."""
+    pairs = matched_benchmarks(benchmark_folders(before), benchmark_folders(after))
+    rows, pooled = [], ({}, {})
+    for name, folders in pairs.items():
+        (scores_before, summary_before), (scores_after, summary_after) = (folder_scores(f, every_candidate)
+                                                                          for f in folders)
+        if scores_before.keys() != scores_after.keys():
+            raise CodeliftError(f"{name}: {folders[0]} holds {len(scores_before)} problems and {folders[1]} "
+                                f"{len(scores_after)}, not the same ones; compare evaluations of the same problems.")
+        rows.append(comparison_row(name, scores_before, scores_after, resamples, confidence)
+                    | {"score_before": score_name(summary_before), "score_after": score_name(summary_after)})
+        for side, scores in zip(pooled, (scores_before, scores_after)):
+            side.update({f"{name}:{task_id}": score for task_id, score in scores.items()})
+    if len(rows) > 1:
+        rows.append(comparison_row("pooled", *pooled, resamples, confidence)
+                    | {key: rows[0][key] for key in ("score_before", "score_after")})
+    return rows
+
+
+def benchmark_folders(folder: Path) -> dict[str, Path]:
+    """An evaluation folder (`samples.jsonl` in it) is one benchmark; a folder of them (a run's
+    eval/VARIANT) is one per subfolder, by name."""
+    if (folder / "samples.jsonl").is_file():
+        return {folder.name: folder}
+    found = {path.parent.name: path.parent for path in sorted(folder.glob("*/samples.jsonl"))}
+    if not found:
+        raise CodeliftError(f"{folder}: no samples.jsonl in it or in its subfolders; give a folder written by "
+                            f"`codelift eval` or a run's eval/VARIANT folder.")
+    return found
+
+
+def matched_benchmarks(before: dict[str, Path], after: dict[str, Path]) -> dict[str, tuple[Path, Path]]:
+    """Benchmarks paired by folder name; two single evaluation folders pair whatever their names."""
+    if len(before) == len(after) == 1:
+        (name, folder), other = next(iter(before.items())), next(iter(after.values()))
+        return {name: (folder, other)}
+    if before.keys() != after.keys():
+        raise CodeliftError(f"the two runs evaluated different benchmarks ({', '.join(before)} against "
+                            f"{', '.join(after)}); compare runs of the same benchmarks, or one benchmark folder each.")
+    return {name: (folder, after[name]) for name, folder in before.items()}
+
+
+def comparison_row(name: str, before: dict[str, float], after: dict[str, float], resamples: int,
+                   confidence: float) -> dict:
+    """Both sides' mean pass rates and the mean per-problem difference, each with its bootstrap interval
+    over problems (the difference's is paired), and the sign test."""
+    differences = [after[task_id] - before[task_id] for task_id in before]
+    row = {"benchmark": name, "problems": len(before)}
+    for side, values in (("before", list(before.values())), ("after", list(after.values())),
+                         ("difference", differences)):
+        low, high = bootstrap_interval(values, resamples=resamples, confidence=confidence)
+        row |= {side: sum(values) / len(values), f"{side}_ci_low": low, f"{side}_ci_high": high}
+    paired = paired_comparison(before, after)
+    return row | {"newly_solved": len(paired["newly_solved"]), "broken": len(paired["broken"]),
+                  "p_value": paired["p_value"]}
+
+
+def score_name(summary: dict) -> str:
+    """What a side's numbers are, so a filtered or sampled score is never read as greedy pass@1."""
+    if summary.get("sample_budget"):
+        return f"filtered pass@1, budget {summary['sample_budget']}"
+    per_problem, temperature = summary["samples_per_problem"], summary.get("temperature")
+    return ("pass@1" + ("" if per_problem == 1 else f" over {per_problem:g} samples per problem")
+            + (f" at T={temperature:g}" if temperature else ""))
+
+
+def variant_row(variant: Variant, folder: Path, resamples: int, confidence: float) -> dict:
+    """One variant's row: its scores (see `folder_scores`), their interval, and what made it."""
+    scores, summary = folder_scores(folder)
+    budget = summary.get("sample_budget")
     low, high = bootstrap_interval(list(scores.values()), resamples=resamples, confidence=confidence)
     return {"variant": variant.name, "model": variant.model, "context": variant.context, "problems": len(scores),
             "sample_budget": budget,
