@@ -451,13 +451,9 @@ def compare(before: Annotated[Path, typer.Argument(help="Evaluation folder (`cod
             after: Annotated[Path, typer.Argument(help="The same, for the model that should be better.")],
             every_candidate: Annotated[bool, typer.Option(help="Selection runs: score every sampled candidate (each problem's pass rate at the sampling temperature) instead of the chosen one.")] = False,
             json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")] = None):
-    """Is AFTER better than BEFORE on the same problems? Per benchmark and pooled: pass rates and their
-    difference with 95% bootstrap intervals (the difference's paired), problems newly solved and broken,
-    and the exact sign test.
+    """Is AFTER better than BEFORE on the same problems? Per benchmark and pooled: pass rates and their difference with 95% bootstrap intervals (the difference's paired), problems newly solved and broken, and the exact sign test.
 
-    Several samples per problem (--n-samples, or --every-candidate on a selection run) give each problem a
-    pass rate, and the test counts the problems whose rate went up or down: far more problems move than
-    under greedy decoding, so a real difference shows with fewer problems."""
+    Several samples per problem (--n-samples, or --every-candidate on a selection run) give each problem a pass rate: far more problems move than under greedy decoding, so a real difference shows with fewer problems."""
     from codelift.evaluate.ablation import compare_evaluations
     from codelift.io import write_json
 
