@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from codelift.cli import app
 from codelift.data import load_tasks
 from codelift.errors import CodeliftError
-from codelift.evaluate.ablation import compare_evaluations
+from codelift.evaluate.ablation import compare_evaluations, folder_scores
 from codelift.evaluate.run import score_file
 from codelift.io import write_json, write_jsonl
 
@@ -80,6 +80,15 @@ def test_a_selection_run_scores_its_chosen_candidate_or_every_candidate(tmp_path
     assert every["before"] == pytest.approx((1 / 4 + 0 + 1) / 3) and every["after"] == pytest.approx((3 / 4 + 1 / 4 + 3 / 4) / 3)
     assert (every["newly_solved"], every["broken"]) == (2, 1)  # t1 0.25 -> 0.75, t2 0 -> 0.25, t3 1 -> 0.75
     assert every["score_after"] == "pass@1 over 4 samples per problem at T=0.7"
+
+
+def test_every_candidate_leaves_out_repairs_which_are_not_draws_at_the_temperature(tmp_path):
+    folder = selection_folder(tmp_path / "a", {"t1": [False, False]}, chosen={"t1": 0})
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    write_jsonl(folder / "samples.jsonl", rows + [{"task_id": "t1", "sample": 2, "passed": True, "selected": False,
+                                                  "repair_of": 0}])
+    scores, summary = folder_scores(folder, every_candidate=True)
+    assert scores == {"t1": 0.0} and summary["samples_per_problem"] == 2
 
 
 def test_different_problems_or_benchmarks_or_no_evaluation_are_one_clear_error(runs, tmp_path):

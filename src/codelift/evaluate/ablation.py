@@ -93,8 +93,9 @@ def folder_scores(folder: Path, every_candidate: bool = False) -> tuple[dict[str
     summary = json.loads((folder / "summary.json").read_text())
     samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]
     if summary.get("sample_budget"):
-        if every_candidate:
-            summary["pass@1"], summary["sample_budget"] = summary["candidate_pass@1"], None
+        if every_candidate:  # the samples alone (repairs are not draws at the temperature), none chosen
+            samples = [row for row in samples if row.get("repair_of") is None]
+            summary["sample_budget"] = None
         else:  # its summary already scores the chosen candidates
             samples = [row for row in samples if row["selected"]]
             summary["pass@1"] = summary["filtered_pass@1"]
