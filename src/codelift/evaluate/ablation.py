@@ -58,8 +58,7 @@ def pooled_rows(variants: list[Variant], benchmarks: dict[str, list[dict]], resa
     rows = []
     for i, variant in enumerate(variants):
         parts = [table[i] for table in benchmarks.values()]
-        scores = {f"{benchmark}:{task_id}": score for benchmark, table in benchmarks.items()
-                  for task_id, score in table[i]["scores"].items()}
+        scores = pooled_scores({benchmark: table[i]["scores"] for benchmark, table in benchmarks.items()})
         low, high = bootstrap_interval(list(scores.values()), resamples=resamples, confidence=confidence)
         weighted = {metric: None if any(p[metric] is None for p in parts) else
                     sum(p[metric] * p["problems"] for p in parts) / len(scores)
@@ -71,6 +70,12 @@ def pooled_rows(variants: list[Variant], benchmarks: dict[str, list[dict]], resa
                "scores": scores}
         rows.append(compared(row, variant, rows))
     return rows
+
+
+def pooled_scores(by_benchmark: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-problem scores of several benchmarks as one set, each problem keyed `benchmark:task_id`."""
+    return {f"{benchmark}:{task_id}": score for benchmark, scores in by_benchmark.items()
+            for task_id, score in scores.items()}
 
 
 def compared(row: dict, variant: Variant, rows: list[dict]) -> dict:
@@ -109,7 +114,7 @@ def compare_evaluations(before: Path, after: Path, *, every_candidate: bool = Fa
     them when there are several): each side's pass rate with its interval, the mean per-problem difference
     with its paired interval, the problems `after` newly solves and breaks, and the exact sign test."""
     pairs = matched_benchmarks(benchmark_folders(before), benchmark_folders(after))
-    rows, pooled = [], ({}, {})
+    rows, by_benchmark = [], ({}, {})
     for name, folders in pairs.items():
         (scores_before, summary_before), (scores_after, summary_after) = (folder_scores(f, every_candidate)
                                                                           for f in folders)
@@ -118,10 +123,9 @@ def compare_evaluations(before: Path, after: Path, *, every_candidate: bool = Fa
                                 f"{len(scores_after)}, not the same ones; compare evaluations of the same problems.")
         rows.append(comparison_row(name, scores_before, scores_after, resamples, confidence)
                     | {"score_before": score_name(summary_before), "score_after": score_name(summary_after)})
-        for side, scores in zip(pooled, (scores_before, scores_after)):
-            side.update({f"{name}:{task_id}": score for task_id, score in scores.items()})
+        by_benchmark[0][name], by_benchmark[1][name] = scores_before, scores_after
     if len(rows) > 1:
-        rows.append(comparison_row("pooled", *pooled, resamples, confidence)
+        rows.append(comparison_row("pooled", *map(pooled_scores, by_benchmark), resamples, confidence)
                     | {key: rows[0][key] for key in ("score_before", "score_after")})
     return rows
 
