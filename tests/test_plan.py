@@ -169,6 +169,8 @@ def test_plan_examples_mark_each_task_and_condition_code_on_plans(tiny_model_dir
     assert sum(f"{answer}1. Read the problem" in t for t in texts) == 6  # the plan task's answers
     only = plan_examples(mbpp_tasks, plans, tokenizer, PlanConfig(max_length=512, code_with_plan="none"))
     assert only["task"].count(CODE) == 8
+    twice = plan_examples(mbpp_tasks * 2, plans, tokenizer, PlanConfig(max_length=512, code_with_plan="none"))
+    assert twice["task"].count(CODE) == 16 and twice["task"].count(PLAN) == 6  # two answers a task, its plans once
 
 
 def test_plan_train_runs_on_the_core_and_logs_both_losses(tiny_model_dir, tasks_file, mbpp_tasks, tmp_path):

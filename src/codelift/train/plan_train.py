@@ -87,13 +87,15 @@ def plan_examples(tasks: list[Task], plans: dict[str, list[str]], tokenizer, cfg
         prompt, target, add_eos = training_example(instruction, answer, fmt, tokenizer)
         return encode_example(tokenizer, prompt, target, cfg.max_length, add_eos=add_eos)
 
-    rows = []
+    rows, planned = [], set()
     for i, task in enumerate(tasks):
         task_plans = plans.get(task.task_id, [])
         code_plans = {"both": [""] + task_plans, "plan": task_plans or [""], "none": [""]}[cfg.code_with_plan]
         code = code_answer(task.solution) if fmt == "chat" else task.solution
         rows += [encode(student_code_instruction(task, plan), code) | {"example": i, "task": CODE} for plan in code_plans]
-        rows += [encode(student_plan_instruction(task), plan) | {"example": i, "task": PLAN} for plan in task_plans]
+        if task.task_id not in planned:  # a task with several answers (distill's teacher data) asks for its plans once
+            planned.add(task.task_id)
+            rows += [encode(student_plan_instruction(task), plan) | {"example": i, "task": PLAN} for plan in task_plans]
     return Dataset.from_list([r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])])
 
 
